@@ -1,0 +1,1 @@
+//! hypergate-adapters (being written).

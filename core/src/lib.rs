@@ -1,0 +1,26 @@
+//! # hypergate-core
+//!
+//! The sans-IO heart of the hypergate public gateway. This crate contains no
+//! networking code, no async runtime, and never reads a clock or the operating
+//! system's randomness: every input arrives through a `handle_*` method with
+//! `now: Instant` as its last argument, and every output is drained from a
+//! queue with a `poll_*` method. The runtime crates (`hypergate-tokio`,
+//! `hypergate-glommio`) own sockets, timers and disks and feed them in.
+//!
+//! ## Modules
+//! - [`registry`]: relays, the workers serving them, and their pending-write flags.
+//! - [`health`]: per-peer liveness and per-relay mirror freshness.
+//! - [`router`]: peer-first routing of client sessions and HTTP requests, with
+//!   replica fallback and return.
+//! - [`gateway`]: the composition that wires registry, health and router.
+//! - [`wire`]: the versioned postcard codec of the gateway⇄worker peer link.
+//! - [`nostr`]: NIP-01 frames, filters, event ids and signatures.
+//! - [`timer`]: the deadline queue behind every `poll_timeout`.
+//! - [`ids`], [`time`]: identities and time types shared by all of the above.
+
+#![warn(missing_docs)]
+
+pub mod ids;
+pub mod nostr;
+pub mod time;
+pub mod wire;

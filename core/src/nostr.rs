@@ -1,0 +1,1 @@
+//! NIP-01 (being written).

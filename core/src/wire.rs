@@ -1,0 +1,1 @@
+//! Peer-link codec (being written).

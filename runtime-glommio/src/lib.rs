@@ -1,0 +1,1 @@
+//! hypergate-glommio (being written).

@@ -1,0 +1,1 @@
+//! hypergate-tokio (being written).

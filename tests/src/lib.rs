@@ -1,0 +1,1 @@
+//! hypergate-tests (being written).
