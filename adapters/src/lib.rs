@@ -1,1 +1,12 @@
-//! hypergate-adapters (being written).
+//! # hypergate-adapters
+//!
+//! Runtime-neutral I/O for the hypergate core: everything here works over
+//! `futures-io` traits or plain std, so the tokio and glommio runtimes (and
+//! smol, in tests) share one implementation. Adapters are small and boring:
+//! protocol logic belongs in `hypergate-core`.
+//!
+//! - [`framed`]: the peer link's length-prefixed frames over any byte stream.
+//! - [`clock`]: the one place wall-clock and monotonic time are read.
+
+pub mod clock;
+pub mod framed;

@@ -20,7 +20,22 @@
 
 #![warn(missing_docs)]
 
+pub mod gateway;
+pub mod health;
+pub mod histogram;
 pub mod ids;
 pub mod nostr;
+pub mod registry;
+pub mod router;
 pub mod time;
+pub mod timer;
 pub mod wire;
+
+// Compile-time check: runtimes move machines across threads, so every machine is `Send`.
+const _: fn() = || {
+    fn assert_send<T: Send>() {}
+    assert_send::<gateway::Gateway>();
+    assert_send::<registry::Registry>();
+    assert_send::<health::Health>();
+    assert_send::<router::Router>();
+};

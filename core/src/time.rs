@@ -9,7 +9,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch, as carried on the wire and in snapshots.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct UnixTime(pub u64);
 
 impl UnixTime {
@@ -48,6 +50,10 @@ pub fn duration_millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A starting instant for unit tests: the one clock read in this crate, compiled into test builds only.
+#[rustfmt::skip]
+#[cfg(test)] #[allow(clippy::disallowed_methods)] pub(crate) fn test_start() -> std::time::Instant { std::time::Instant::now() } // cfg(test)
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,7 +62,13 @@ mod tests {
     fn untrusted_future_time_is_clamped_to_allowed_skew() {
         let now = UnixTime(1_000_000);
         let far = UnixTime(9_000_000);
-        assert_eq!(far.clamp_untrusted(now, Duration::from_secs(60)), UnixTime(1_060_000));
-        assert_eq!(UnixTime(5).clamp_untrusted(now, Duration::ZERO), UnixTime(5));
+        assert_eq!(
+            far.clamp_untrusted(now, Duration::from_secs(60)),
+            UnixTime(1_060_000)
+        );
+        assert_eq!(
+            UnixTime(5).clamp_untrusted(now, Duration::ZERO),
+            UnixTime(5)
+        );
     }
 }

@@ -1,1 +1,13 @@
-//! hypergate-glommio (being written).
+//! # hypergate-glommio
+//!
+//! The thread-per-core glommio runtime of hypergate. glommio runs on
+//! io_uring, whose buffers must be locked in memory, so every executor is
+//! started through [`executor::start`], which sizes io_uring memory to the
+//! host's `RLIMIT_MEMLOCK` and fails with a clear message (and the advice to
+//! use the tokio gateway) instead of glommio's opaque errors.
+//!
+//! - [`executor`]: memlock-aware executor start-up.
+//! - [`timers`]: the timer half of the core's drive loop on glommio timers.
+
+pub mod executor;
+pub mod timers;

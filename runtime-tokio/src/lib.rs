@@ -1,1 +1,14 @@
-//! hypergate-tokio (being written).
+//! # hypergate-tokio
+//!
+//! Tokio drivers of the hypergate core and the `hypergate` binary.
+//!
+//! - [`driver`]: the one event loop that owns a core [`Gateway`] on tokio:
+//!   feeds inputs, drains outputs, arms one timer, shuts down cleanly.
+//! - [`demo`]: `hypergate demo`, a real-time churn scenario that drives the
+//!   gateway core through worker loss and return (the first-run job until
+//!   the full gateway lands).
+//!
+//! [`Gateway`]: hypergate_core::gateway::Gateway
+
+pub mod demo;
+pub mod driver;

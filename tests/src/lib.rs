@@ -1,1 +1,11 @@
-//! hypergate-tests (being written).
+//! # hypergate-tests
+//!
+//! Integration tests and the deterministic churn simulation.
+//!
+//! - [`churn`]: the gateway core under seeded worker churn on a virtual
+//!   clock, with invariants checked after every step, replayable seeds and a
+//!   trace hash for determinism checks.
+//! - [`corpus`]: locating the committed fuzz corpus so `cargo test` replays it.
+
+pub mod churn;
+pub mod corpus;

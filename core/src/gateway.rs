@@ -1,0 +1,399 @@
+//! The gateway composition: registry, health and router wired together.
+//!
+//! Contract: the adapter feeds link events, decoded peer-link frames, mirror
+//! progress and client-session inputs; the gateway keeps the three machines
+//! consistent (a heartbeat reaches health, a health change reaches the
+//! router, a registration reaches registry and router) and exposes one output
+//! surface:
+//!
+//! 1. [`Gateway::poll_transmit`]: frames to send to peers;
+//! 2. [`Gateway::poll_event`]: what happened, for the adapter to act on;
+//! 3. [`Gateway::poll_timeout`]: when to call [`Gateway::handle_timeout`].
+//!
+//! The single-mutation rule: after every input, drain transmits, then events,
+//! then re-arm the one timer. Wall-clock time is derived from the anchor given
+//! at construction, so the core never reads a clock.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use hypergate_core::gateway::{Gateway, GatewayConfig, GatewayEvent};
+//! use hypergate_core::ids::PeerId;
+//! use hypergate_core::time::UnixTime;
+//!
+//! # #[allow(clippy::disallowed_methods)]
+//! let start = Instant::now(); // the adapter's clock, read outside the core
+//! let mut gateway = Gateway::new(GatewayConfig::default(), start, UnixTime(1_700_000_000_000));
+//! let worker = PeerId([1; 32]);
+//! gateway.handle_link_up(worker, start);
+//!
+//! // The drive loop: after each input, drain everything, then arm one timer.
+//! let mut now = start;
+//! for _ in 0..3 {
+//!     while let Some(transmit) = gateway.poll_transmit() {
+//!         let _ = (transmit.peer, transmit.frame); // write to the peer link
+//!     }
+//!     while let Some(event) = gateway.poll_event() {
+//!         if let GatewayEvent::Health(change) = event {
+//!             let _ = change; // export metrics, log
+//!         }
+//!     }
+//!     let Some((deadline, _reason)) = gateway.poll_timeout() else { break };
+//!     now = deadline; // a real adapter sleeps until `deadline`
+//!     gateway.handle_timeout(now);
+//! }
+//! assert!(now >= start + Duration::from_secs(5), "the worker sent no heartbeat");
+//! ```
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use crate::health::{Health, HealthConfig, HealthEvent};
+use crate::ids::{PeerId, RelayKey};
+use crate::registry::{Registry, RegistryEvent};
+use crate::router::{
+    AttemptId, Router, RouterConfig, RouterError, RouterEvent, SessionId, SessionKind,
+};
+use crate::time::{UnixTime, duration_millis};
+use crate::wire::{Frame, Heartbeat, Message, RegisterAck, RegisterRelays};
+
+/// Tuning of the gateway composition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// Liveness detection.
+    pub health: HealthConfig,
+    /// Routing.
+    pub router: RouterConfig,
+}
+
+/// A frame to send to a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// The receiving peer.
+    pub peer: PeerId,
+    /// The frame.
+    pub frame: Frame,
+}
+
+/// What happened; drained with [`Gateway::poll_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayEvent {
+    /// From the registry.
+    Registry(RegistryEvent),
+    /// From the health machine.
+    Health(HealthEvent),
+    /// From the router.
+    Router(RouterEvent),
+    /// A peer-link frame the composition does not handle itself (forwarded
+    /// NIP-01 and HTTP replies, mirror data, acks): the adapter's to act on.
+    Inbound {
+        /// The sending peer.
+        peer: PeerId,
+        /// The frame.
+        frame: Frame,
+    },
+}
+
+/// Errors of the composition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The client named a relay that is not registered.
+    #[error("relay not registered: {0}")]
+    RelayNotRegistered(String),
+    /// A routing input was stale or wrong.
+    #[error(transparent)]
+    Router(#[from] RouterError),
+}
+
+/// The gateway composition. See the module docs for the drive loop.
+#[derive(Debug)]
+pub struct Gateway {
+    registry: Registry,
+    health: Health,
+    router: Router,
+    anchor: (Instant, UnixTime),
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<GatewayEvent>,
+}
+
+impl Gateway {
+    /// A gateway with an empty registry. `unix_now` is the wall-clock time at
+    /// `now`; later wall-clock values are derived from this anchor.
+    #[must_use]
+    pub fn new(config: GatewayConfig, now: Instant, unix_now: UnixTime) -> Self {
+        Self::with_registry(config, Registry::new(), now, unix_now)
+    }
+
+    /// A gateway resuming from a persisted registry: every relay is routable
+    /// again (to its replica until its workers reconnect).
+    #[must_use]
+    pub fn with_registry(
+        config: GatewayConfig,
+        registry: Registry,
+        now: Instant,
+        unix_now: UnixTime,
+    ) -> Self {
+        let mut gateway = Self {
+            registry,
+            health: Health::new(config.health),
+            router: Router::new(config.router),
+            anchor: (now, unix_now),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        let relays: Vec<(RelayKey, Vec<PeerId>)> = gateway
+            .registry
+            .relays()
+            .map(|record| (record.relay_key, record.workers.keys().copied().collect()))
+            .collect();
+        for (relay, workers) in relays {
+            gateway.router.handle_relay_peers(relay, workers, now);
+        }
+        gateway
+    }
+
+    // ---- getters ----
+
+    /// The registry.
+    #[must_use]
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The health machine.
+    #[must_use]
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The router.
+    #[must_use]
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Wall-clock time at `now`, from the construction anchor.
+    #[must_use]
+    pub fn unix_time(&self, now: Instant) -> UnixTime {
+        let (anchor_instant, anchor_unix) = self.anchor;
+        UnixTime(anchor_unix.0.saturating_add(duration_millis(
+            now.saturating_duration_since(anchor_instant),
+        )))
+    }
+
+    // ---- inputs: peer links ----
+
+    /// A worker's link completed its handshake.
+    pub fn handle_link_up(&mut self, peer: PeerId, now: Instant) {
+        self.health.handle_link_up(peer, now);
+        self.pump(now);
+    }
+
+    /// A worker's link closed.
+    pub fn handle_link_down(&mut self, peer: PeerId, now: Instant) {
+        self.health.handle_link_down(peer, now);
+        self.pump(now);
+    }
+
+    /// A decoded frame arrived from `peer` over an authenticated link.
+    pub fn handle_frame(&mut self, peer: PeerId, frame: Frame, now: Instant) {
+        let request_id = frame.request_id;
+        match frame.message {
+            Message::Heartbeat(beat) => {
+                self.health.handle_heartbeat(peer, now);
+                self.transmits.push_back(Transmit {
+                    peer,
+                    frame: Frame {
+                        request_id,
+                        message: Message::HeartbeatAck(Heartbeat {
+                            seq: beat.seq,
+                            sent_at: self.unix_time(now),
+                        }),
+                    },
+                });
+            }
+            Message::RegisterRelays(register) => {
+                let ack = self.register(peer, &register, now);
+                self.transmits.push_back(Transmit {
+                    peer,
+                    frame: Frame {
+                        request_id,
+                        message: Message::RegisterAck(ack),
+                    },
+                });
+            }
+            Message::MirrorAdvertise(advert) => {
+                self.health.handle_heartbeat(peer, now);
+                for core in advert.cores.iter() {
+                    self.health.handle_mirror_advertised(
+                        core.relay_key,
+                        core.core_key,
+                        core.length,
+                        now,
+                    );
+                }
+            }
+            message => self.events.push_back(GatewayEvent::Inbound {
+                peer,
+                frame: Frame {
+                    request_id,
+                    message,
+                },
+            }),
+        }
+        self.pump(now);
+    }
+
+    /// The mirror store verified and stored blocks of a relay's core up to `length`.
+    pub fn handle_mirror_stored(
+        &mut self,
+        relay: RelayKey,
+        core: [u8; 32],
+        length: u64,
+        now: Instant,
+    ) {
+        self.health.handle_mirror_stored(relay, core, length, now);
+        if length > 0 && self.registry.relay(&relay).is_some() {
+            self.router.handle_replica_available(relay, true, now);
+        }
+        self.pump(now);
+    }
+
+    // ---- inputs: client sessions ----
+
+    /// Opens a routed session for the relay a client named (key or alias).
+    pub fn open_session(
+        &mut self,
+        relay_name: &str,
+        kind: SessionKind,
+        now: Instant,
+    ) -> Result<SessionId, GatewayError> {
+        let relay = self
+            .registry
+            .resolve(relay_name)
+            .ok_or_else(|| GatewayError::RelayNotRegistered(relay_name.to_owned()))?;
+        let session = self.router.open_session(relay, kind, now)?;
+        self.pump(now);
+        Ok(session)
+    }
+
+    /// The outcome of an attempt the router asked for; also feeds health.
+    pub fn handle_attempt_outcome(
+        &mut self,
+        session: SessionId,
+        attempt: AttemptId,
+        peer: PeerId,
+        succeeded: bool,
+        reason: &str,
+        now: Instant,
+    ) -> Result<(), GatewayError> {
+        self.router
+            .handle_attempt_outcome(session, attempt, succeeded, reason, now)?;
+        self.health.handle_request_outcome(peer, succeeded, now);
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Closes a session.
+    pub fn close_session(&mut self, session: SessionId, now: Instant) -> Result<(), GatewayError> {
+        self.router.close_session(session, now)?;
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Mutable access to the router for per-frame routing calls
+    /// (`route_read`, subscriptions, fallback-write counts), which touch no
+    /// other machine.
+    pub fn router_mut(&mut self) -> &mut Router {
+        &mut self.router
+    }
+
+    /// Fires every deadline at or before `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.health.handle_timeout(now);
+        self.router.handle_timeout(now);
+        self.pump(now);
+    }
+
+    // ---- outputs ----
+
+    /// The next frame to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<GatewayEvent> {
+        self.events.pop_front()
+    }
+
+    /// The earliest deadline of any machine, and why.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        [self.health.poll_timeout(), self.router.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(at, _)| *at)
+    }
+
+    // ---- internals ----
+
+    fn register(&mut self, peer: PeerId, register: &RegisterRelays, now: Instant) -> RegisterAck {
+        let unix = self.unix_time(now);
+        let mut accepted = Vec::new();
+        for registration in register.relays.iter() {
+            self.registry.handle_registration(peer, registration, unix);
+            accepted.push(registration.relay_key);
+        }
+        // A registering worker is alive.
+        self.health.handle_heartbeat(peer, now);
+        RegisterAck {
+            accepted: crate::wire::BoundedVec::new(accepted)
+                .unwrap_or_else(|_| crate::wire::BoundedVec::empty()),
+            rejected: crate::wire::BoundedVec::empty(),
+        }
+    }
+
+    /// Moves every machine's events to where they matter, until quiet.
+    fn pump(&mut self, now: Instant) {
+        loop {
+            let mut moved = false;
+            while let Some(event) = self.registry.poll_event() {
+                moved = true;
+                match &event {
+                    RegistryEvent::WorkerAttached { relay, .. }
+                    | RegistryEvent::WorkerDetached { relay, .. }
+                    | RegistryEvent::RelayAdded { relay } => {
+                        let workers: Vec<PeerId> = self.registry.workers_of(relay).collect();
+                        self.router.handle_relay_peers(*relay, workers, now);
+                    }
+                    RegistryEvent::RelayRemoved { relay } => {
+                        self.router.handle_relay_peers(*relay, Vec::new(), now);
+                        self.router.handle_replica_available(*relay, false, now);
+                    }
+                    _ => {}
+                }
+                self.events.push_back(GatewayEvent::Registry(event));
+            }
+            while let Some(event) = self.health.poll_event() {
+                moved = true;
+                if let HealthEvent::PeerChanged { peer, to, .. } = &event {
+                    self.router.handle_peer_health(*peer, *to, now);
+                }
+                self.events.push_back(GatewayEvent::Health(event));
+            }
+            while let Some(event) = self.router.poll_event() {
+                moved = true;
+                self.events.push_back(GatewayEvent::Router(event));
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,0 @@
-//! NIP-01 (being written).

@@ -1,1 +1,0 @@
-//! Peer-link codec (being written).

@@ -1,0 +1,76 @@
+//! The `hypergate` command.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// hypergate: the always-on public gateway for Hypertuna-style Nostr relays.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Drive the gateway core in real time through worker churn: peer-first
+    /// routing, replica fallback when every worker is gone, and return.
+    Demo {
+        /// Workers serving the demo relay.
+        #[arg(long, default_value_t = 3, env = "HYPERGATE_DEMO_WORKERS")]
+        workers: u8,
+        /// Heartbeat interval in milliseconds.
+        #[arg(long, default_value_t = 200, env = "HYPERGATE_DEMO_HEARTBEAT_MS")]
+        heartbeat_ms: u64,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("hypergate: cannot start the tokio runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Demo {
+                workers,
+                heartbeat_ms,
+                json,
+            } => {
+                hypergate_tokio::demo::run(hypergate_tokio::demo::DemoOptions {
+                    workers,
+                    heartbeat: Duration::from_millis(heartbeat_ms.max(20)),
+                    json,
+                })
+                .await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("hypergate: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
