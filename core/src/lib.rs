@@ -24,6 +24,7 @@ pub mod gateway;
 pub mod health;
 pub mod histogram;
 pub mod ids;
+pub mod lease;
 pub mod nostr;
 pub mod registry;
 pub mod router;
