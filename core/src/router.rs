@@ -13,7 +13,10 @@
 //!   as soon as one of the relay's peers is reported healthy
 //!   ([`RouterEvent::FallbackEnded`] with the time spent in replica mode and
 //!   the session's open subscriptions, which the adapter re-opens on the peer,
-//!   followed by [`RouterEvent::Routed`]).
+//!   followed by [`RouterEvent::Routed`]). A session that fell back while a
+//!   peer still counted as healthy retries it after `replica_retry` (one
+//!   heartbeat interval), so no session stays in replica mode beside a
+//!   healthy peer; [`Router::return_now`] does the same on demand (a write).
 //! - A session routed to a peer that fails (the adapter reports it, or the
 //!   peer goes down) starts a new sweep that skips that peer first.
 //!
@@ -36,12 +39,17 @@ use crate::timer::TimerQueue;
 pub struct RouterConfig {
     /// How long one attempt on one peer may take before the sweep moves on.
     pub attempt_timeout: Duration,
+    /// A session that fell back while a relay peer still counted as healthy
+    /// (its attempt failed, its heartbeats did not) retries that peer after
+    /// this long; set it to the heartbeat interval.
+    pub replica_retry: Duration,
 }
 
 impl Default for RouterConfig {
     fn default() -> Self {
         Self {
             attempt_timeout: Duration::from_millis(500),
+            replica_retry: Duration::from_secs(5),
         }
     }
 }
@@ -303,7 +311,9 @@ pub struct Router {
     peer_health: BTreeMap<PeerId, PeerHealth>,
     peer_relays: BTreeMap<PeerId, BTreeSet<RelayKey>>,
     sessions: BTreeMap<SessionId, Session>,
-    attempt_timers: TimerQueue<SessionId>,
+    /// One deadline per session: the attempt timeout while sweeping, the
+    /// replica retry while in replica mode (a session is never both).
+    session_timers: TimerQueue<SessionId>,
     next_session: u64,
     next_attempt: u64,
     events: VecDeque<RouterEvent>,
@@ -319,7 +329,7 @@ impl Router {
             peer_health: BTreeMap::new(),
             peer_relays: BTreeMap::new(),
             sessions: BTreeMap::new(),
-            attempt_timers: TimerQueue::new(),
+            session_timers: TimerQueue::new(),
             next_session: 1,
             next_attempt: 1,
             events: VecDeque::new(),
@@ -494,7 +504,7 @@ impl Router {
             Route::Sweeping(sweep) if sweep.attempt == attempt => {}
             _ => return Err(RouterError::StaleAttempt { session, attempt }),
         }
-        self.attempt_timers.disarm(&session);
+        self.session_timers.disarm(&session);
         let outcome = if succeeded {
             AttemptOutcome::Succeeded
         } else {
@@ -592,7 +602,7 @@ impl Router {
             .sessions
             .remove(&session)
             .ok_or(RouterError::UnknownSession(session))?;
-        self.attempt_timers.disarm(&session);
+        self.session_timers.disarm(&session);
         let relay = closed.relay;
         let replica_duration = match closed.route {
             Route::Replica { since } => {
@@ -614,9 +624,31 @@ impl Router {
 
     /// Times out every attempt whose deadline is at or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some((_, session)) = self.attempt_timers.pop_due(now) {
-            self.finish_attempt(session, AttemptOutcome::TimedOut, "timeout", now);
+        while let Some((_, session)) = self.session_timers.pop_due(now) {
+            let in_replica = self
+                .sessions
+                .get(&session)
+                .is_some_and(|s| matches!(s.route, Route::Replica { .. }));
+            if in_replica {
+                self.return_now(session, now);
+            } else {
+                self.finish_attempt(session, AttemptOutcome::TimedOut, "timeout", now);
+            }
         }
+    }
+
+    /// Sends a session in replica mode (or unavailable) back to a healthy
+    /// relay peer right away, if there is one; returns that peer.
+    pub fn return_now(&mut self, session: SessionId, now: Instant) -> Option<PeerId> {
+        let current = self.sessions.get(&session)?;
+        let relay = current.relay;
+        let waiting = matches!(current.route, Route::Replica { .. } | Route::Unavailable);
+        if !waiting {
+            return None;
+        }
+        let peer = self.next_healthy_peer(relay)?;
+        self.route_back(session, relay, peer, now);
+        Some(peer)
     }
 
     // ---- outputs ----
@@ -630,9 +662,18 @@ impl Router {
     /// The next attempt deadline and why.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
-        self.attempt_timers
-            .next()
-            .map(|(at, _)| (at, "peer attempt timeout"))
+        self.session_timers.next().map(|(at, session)| {
+            let in_replica = self
+                .sessions
+                .get(session)
+                .is_some_and(|s| matches!(s.route, Route::Replica { .. }));
+            let reason = if in_replica {
+                "replica retry"
+            } else {
+                "peer attempt timeout"
+            };
+            (at, reason)
+        })
     }
 
     // ---- internals ----
@@ -719,7 +760,7 @@ impl Router {
                     remaining,
                 }),
             );
-            self.attempt_timers.arm(session, deadline);
+            self.session_timers.arm(session, deadline);
             self.events.push_back(RouterEvent::Attempt {
                 session,
                 relay,
@@ -793,6 +834,20 @@ impl Router {
             routes.counters.replica_sessions += 1;
             routes.counters.fallbacks_started += 1;
         }
+        let healthy_peer_left = self.relays.get(&relay).is_some_and(|routes| {
+            routes
+                .peers
+                .iter()
+                .any(|peer| self.health(peer) == PeerHealth::Healthy)
+        });
+        let is_client = self
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.kind == SessionKind::Client);
+        if healthy_peer_left && is_client {
+            self.session_timers
+                .arm(session, now + self.config.replica_retry);
+        }
         self.events
             .push_back(RouterEvent::FallbackStarted { session, relay });
     }
@@ -828,27 +883,33 @@ impl Router {
             let Some(peer) = self.next_healthy_peer(relay) else {
                 return;
             };
-            let Some(session) = self.sessions.get(&id) else {
-                continue;
-            };
-            if let Route::Replica { since } = session.route {
-                let subscriptions = session.subscriptions.iter().cloned().collect();
-                self.leave_replica_counters(relay, since, now);
-                self.events.push_back(RouterEvent::FallbackEnded {
-                    session: id,
-                    relay,
-                    peer,
-                    duration: now.saturating_duration_since(since),
-                    subscriptions,
-                });
-            }
-            self.set_route(id, Route::Peer(peer));
-            self.events.push_back(RouterEvent::Routed {
+            self.route_back(id, relay, peer, now);
+        }
+    }
+
+    /// Moves a waiting session to `peer`, closing its replica episode.
+    fn route_back(&mut self, id: SessionId, relay: RelayKey, peer: PeerId, now: Instant) {
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        if let Route::Replica { since } = session.route {
+            let subscriptions = session.subscriptions.iter().cloned().collect();
+            self.leave_replica_counters(relay, since, now);
+            self.events.push_back(RouterEvent::FallbackEnded {
                 session: id,
                 relay,
                 peer,
+                duration: now.saturating_duration_since(since),
+                subscriptions,
             });
         }
+        self.session_timers.disarm(&id);
+        self.set_route(id, Route::Peer(peer));
+        self.events.push_back(RouterEvent::Routed {
+            session: id,
+            relay,
+            peer,
+        });
     }
 
     fn next_healthy_peer(&mut self, relay: RelayKey) -> Option<PeerId> {
@@ -883,7 +944,7 @@ impl Router {
                 .get(&id)
                 .is_some_and(|session| matches!(session.route, Route::Sweeping(_)));
             if sweeping {
-                self.attempt_timers.disarm(&id);
+                self.session_timers.disarm(&id);
                 self.finish_attempt(id, AttemptOutcome::Failed, reason, now);
             } else {
                 let _ = self.handle_forward_failure(id, reason, now);

@@ -14,7 +14,9 @@
 //! 1. a session routed to a peer is routed to a registered worker of its
 //!    relay that is not down;
 //! 2. when a peer becomes healthy and stays healthy to the end of the step, no
-//!    client session of its relays is left in replica mode;
+//!    client session of its relays is left in replica mode; and no session
+//!    stays in replica mode longer than one heartbeat interval beside a peer
+//!    of its relay that is healthy all that time;
 //! 3. after `handle_timeout(t)` and a full drain, the next deadline is later
 //!    than `t`;
 //! 4. a session waiting on a sweep has an armed attempt deadline;
@@ -127,6 +129,10 @@ struct Sim {
     counts: BTreeMap<&'static str, u64>,
     /// Peers that turned healthy during the current step.
     recovered: BTreeSet<PeerId>,
+    /// Since when each currently healthy peer has been healthy.
+    healthy_since: BTreeMap<PeerId, Instant>,
+    /// Since when each session has been in replica mode.
+    replica_since: BTreeMap<SessionId, Instant>,
 }
 
 /// Runs one seed; `Err` on the first broken invariant.
@@ -162,7 +168,10 @@ impl Sim {
                 miss_limit: 3,
                 failure_limit: 3,
             },
-            router: RouterConfig { attempt_timeout },
+            router: RouterConfig {
+                attempt_timeout,
+                replica_retry: config.heartbeat,
+            },
         };
         let gateway = Gateway::new(gateway_config, start, UnixTime(1_700_000_000_000));
         let relays: Vec<RelayKey> = (0..config.relays.max(1))
@@ -200,6 +209,8 @@ impl Sim {
             hash: 0xcbf2_9ce4_8422_2325,
             counts: BTreeMap::new(),
             recovered: BTreeSet::new(),
+            healthy_since: BTreeMap::new(),
+            replica_since: BTreeMap::new(),
         };
         for index in 0..sim.workers.len() {
             sim.restart_worker(index);
@@ -383,12 +394,23 @@ impl Sim {
                         });
                     }
                 }
-                GatewayEvent::Health(HealthEvent::PeerChanged {
-                    peer,
-                    to: PeerHealth::Healthy,
-                    ..
-                }) => {
-                    self.recovered.insert(peer);
+                GatewayEvent::Health(HealthEvent::PeerChanged { peer, to, .. }) => {
+                    if to == PeerHealth::Healthy {
+                        self.recovered.insert(peer);
+                        self.healthy_since.insert(peer, self.now);
+                    } else {
+                        self.healthy_since.remove(&peer);
+                    }
+                }
+                GatewayEvent::Router(RouterEvent::FallbackStarted { session, .. }) => {
+                    self.replica_since.insert(session, self.now);
+                }
+                GatewayEvent::Router(
+                    RouterEvent::FallbackEnded { session, .. }
+                    | RouterEvent::SessionClosed { session, .. }
+                    | RouterEvent::NoPeersAvailable { session, .. },
+                ) => {
+                    self.replica_since.remove(&session);
                 }
                 _ => {}
             }
@@ -465,6 +487,18 @@ impl Sim {
                     }
                 }
                 Target::Replica => {
+                    let since = self.replica_since.get(session).copied().unwrap_or(self.now);
+                    for worker in registry.workers_of(relay) {
+                        let Some(healthy) = self.healthy_since.get(&worker) else {
+                            continue;
+                        };
+                        if self.now > since.max(*healthy) + self.heartbeat {
+                            return Err(format!(
+                                "invariant 2: session {session:?} in replica mode for over a heartbeat beside healthy peer {}",
+                                worker.short()
+                            ));
+                        }
+                    }
                     for peer in &self.recovered {
                         let serves = registry.workers_of(relay).any(|worker| worker == *peer);
                         if serves && health.health_of(peer) == PeerHealth::Healthy {

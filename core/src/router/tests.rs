@@ -111,7 +111,8 @@ fn an_attempt_times_out_at_the_per_attempt_deadline() {
     assert_eq!(router.target(session), Ok(Target::Pending));
     router.handle_timeout(deadline);
     assert_eq!(router.target(session), Ok(Target::Replica));
-    assert_eq!(router.poll_timeout(), None);
+    // The peer still counts as healthy, so the session will retry it.
+    assert_eq!(router.poll_timeout().map(|(_, r)| r), Some("replica retry"));
 }
 
 #[test]
@@ -366,4 +367,43 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_session_that_fell_back_beside_a_healthy_peer_retries_it_after_one_heartbeat() {
+    let t0 = test_start();
+    let mut router = router_with_peers(1, t0);
+    let session = router.open_session(RELAY, SessionKind::Client, t0).unwrap();
+    let (attempt, _) = attempts(&drain(&mut router))[0];
+    // The attempt fails although health still counts the peer as healthy.
+    router
+        .handle_attempt_outcome(session, attempt, false, "refused", t0)
+        .unwrap();
+    assert_eq!(router.target(session), Ok(Target::Replica));
+    let (retry_at, reason) = router.poll_timeout().unwrap();
+    assert_eq!(reason, "replica retry");
+    assert_eq!(retry_at, t0 + RouterConfig::default().replica_retry);
+    router.handle_timeout(retry_at);
+    assert_eq!(router.target(session), Ok(Target::Peer(peer(1))));
+    assert!(
+        drain(&mut router)
+            .iter()
+            .any(|event| matches!(event, RouterEvent::FallbackEnded { .. }))
+    );
+    assert_eq!(router.poll_timeout(), None);
+}
+
+#[test]
+fn return_now_routes_a_replica_session_to_a_healthy_peer_on_demand() {
+    let t0 = test_start();
+    let mut router = router_with_peers(2, t0);
+    router.handle_peer_health(peer(1), PeerHealth::Down, t0);
+    router.handle_peer_health(peer(2), PeerHealth::Down, t0);
+    let session = router.open_session(RELAY, SessionKind::Client, t0).unwrap();
+    assert_eq!(router.return_now(session, t0), None, "no healthy peer yet");
+    // A peer turning healthy returns the session by itself; return_now is
+    // for sessions that missed it, e.g. a write arriving first.
+    router.handle_peer_health(peer(2), PeerHealth::Healthy, t0);
+    assert_eq!(router.target(session), Ok(Target::Peer(peer(2))));
+    assert_eq!(router.return_now(session, t0), None, "already on a peer");
 }
