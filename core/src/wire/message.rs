@@ -224,6 +224,18 @@ named_enum! {
 }
 
 named_enum! {
+    /// How the gateway took a [`ResyncComplete`].
+    pub enum ResyncStatus as "resync status" {
+        /// It covered the latest gateway write: flags cleared, lease released.
+        Cleared = "cleared",
+        /// A gateway write landed after `resynced_through`: a newer push follows.
+        StillPending = "still-pending",
+        /// The sender does not serve the relay, or nothing was pending.
+        Refused = "refused",
+    }
+}
+
+named_enum! {
     /// Class of an [`ErrorMessage`], so the receiver can react without parsing text.
     pub enum ErrorCode as "error code" {
         /// The request is malformed or violates the protocol's rules.
@@ -560,6 +572,18 @@ pub struct ResyncComplete {
     pub gateway_writer_length: u64,
 }
 
+/// Gateway → worker: answer to [`ResyncComplete`], so the worker knows its
+/// report arrived (and retries it if no answer comes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResyncAck {
+    /// The relay.
+    pub relay_key: RelayKey,
+    /// The `resynced_through` being answered.
+    pub resynced_through: UnixTime,
+    /// What the gateway did with it.
+    pub status: ResyncStatus,
+}
+
 /// A request failed on the answering side.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorMessage {
@@ -602,6 +626,8 @@ pub enum Message {
     ResyncComplete(ResyncComplete),
     /// A request failed.
     Error(ErrorMessage),
+    /// Gateway → worker: answer to [`Message::ResyncComplete`].
+    ResyncAck(ResyncAck),
 }
 
 impl Message {
@@ -624,6 +650,7 @@ impl Message {
             Message::PushAck(_) => "push_ack",
             Message::ResyncComplete(_) => "resync_complete",
             Message::Error(_) => "error",
+            Message::ResyncAck(_) => "resync_ack",
         }
     }
 }
@@ -708,6 +735,7 @@ mod tests {
         check(CoreRole::ALL);
         check(PendingState::ALL);
         check(AckStatus::ALL);
+        check(ResyncStatus::ALL);
         check(ErrorCode::ALL);
     }
 

@@ -53,7 +53,7 @@ fn corpus_files() -> Vec<(String, Vec<u8>)> {
         ("invalid_unknown_version.bin".to_owned(), next_version),
         (
             "invalid_unknown_tag.bin".to_owned(),
-            vec![0x00, 0x01, 0x00, 15, 0, 0],
+            vec![0x00, 0x01, 0x00, 16, 0, 0],
         ),
         (
             "invalid_bad_utf8.bin".to_owned(),

@@ -150,6 +150,11 @@ pub(super) fn sample_frames() -> Vec<Frame> {
             code: ErrorCode::NotFound,
             message: BoundedString::truncating("relay is not served by this worker"),
         }),
+        Message::ResyncAck(ResyncAck {
+            relay_key: relay(),
+            resynced_through: UnixTime(1_700_000_300_000),
+            status: ResyncStatus::Cleared,
+        }),
     ];
     messages
         .into_iter()
@@ -159,7 +164,7 @@ pub(super) fn sample_frames() -> Vec<Frame> {
 }
 
 /// Wire tags in order; the index of a kind is its postcard variant tag.
-const KINDS_IN_TAG_ORDER: [&str; 15] = [
+const KINDS_IN_TAG_ORDER: [&str; 16] = [
     "hello",
     "register_relays",
     "register_ack",
@@ -175,6 +180,7 @@ const KINDS_IN_TAG_ORDER: [&str; 15] = [
     "push_ack",
     "resync_complete",
     "error",
+    "resync_ack",
 ];
 
 // --- codec -----------------------------------------------------------------------------------
@@ -272,7 +278,7 @@ fn trailing_bytes_after_a_frame_are_rejected() {
 
 #[test]
 fn unknown_message_tag_is_malformed() {
-    let bytes = [0x00, 0x01, 0x00, 15, 0, 0];
+    let bytes = [0x00, 0x01, 0x00, 16, 0, 0];
     assert!(matches!(decode(&bytes), Err(WireError::Malformed(_))));
 }
 

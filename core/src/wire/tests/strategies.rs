@@ -254,6 +254,16 @@ fn resync_complete() -> impl Strategy<Value = ResyncComplete> {
     )
 }
 
+fn resync_ack() -> impl Strategy<Value = ResyncAck> {
+    (relay_key(), time(), select(ResyncStatus::ALL)).prop_map(
+        |(relay_key, resynced_through, status)| ResyncAck {
+            relay_key,
+            resynced_through,
+            status,
+        },
+    )
+}
+
 fn error_message() -> impl Strategy<Value = ErrorMessage> {
     (select(ErrorCode::ALL), text()).prop_map(|(code, message)| ErrorMessage { code, message })
 }
@@ -277,6 +287,7 @@ pub(super) fn message() -> impl Strategy<Value = Message> {
         push_ack().prop_map(Message::PushAck),
         resync_complete().prop_map(Message::ResyncComplete),
         error_message().prop_map(Message::Error),
+        resync_ack().prop_map(Message::ResyncAck),
     ]
 }
 
