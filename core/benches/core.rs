@@ -182,3 +182,44 @@ fn wire_decode_heartbeat(bencher: Bencher<'_, '_>) {
     .unwrap();
     bencher.bench_local(|| wire::decode(divan::black_box(&bytes)).unwrap());
 }
+
+/// The pending-write push scheduler holding 1,000,000 notices (half of the
+/// relays reachable): one updated notice (pushed at once, its backoff
+/// re-armed), a timeout pass as the clock moves 20 µs (firing the rounds that
+/// fell due, about one), and a full drain of pushes and events.
+#[divan::bench]
+fn push_scheduler_1m_relays(bencher: Bencher<'_, '_>) {
+    use hypergate_core::push::{PendingNotice, PushConfig, PushScheduler};
+
+    const NOTICES: u32 = 1_000_000;
+    let notice = |relay: u32, updated_at: u64| {
+        PendingNotice::new(
+            RelayKey(key(relay, 3)),
+            "replica-write",
+            UnixTime(updated_at),
+        )
+    };
+    #[allow(clippy::disallowed_methods)]
+    let mut now = Instant::now();
+    let mut scheduler = PushScheduler::new(PushConfig::default(), 1);
+    for relay in 0..NOTICES {
+        let _ = scheduler.notify_pending(notice(relay, 1), relay % 2 == 0, now);
+    }
+    while scheduler.poll_push().is_some() {}
+    while scheduler.poll_event().is_some() {}
+    assert_eq!(scheduler.pending_count(), NOTICES as usize);
+    let mut next = 0u32;
+    let mut updated_at = 1u64;
+    bencher.bench_local(|| {
+        let relay = next % NOTICES;
+        next = next.wrapping_add(7919);
+        updated_at += 1;
+        now += Duration::from_micros(20);
+        let _ = scheduler.notify_pending(notice(relay, updated_at), true, now);
+        scheduler.handle_timeout(now);
+        while let Some(push) = scheduler.poll_push() {
+            divan::black_box(push);
+        }
+        while scheduler.poll_event().is_some() {}
+    });
+}

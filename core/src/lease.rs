@@ -303,6 +303,10 @@ pub struct LeaseTable {
     history: VecDeque<Lease>,
     timers: TimerQueue<LeaseTimer>,
     events: VecDeque<LeaseEvent>,
+    /// Fault injection for the simulation's negative tests: behave like the
+    /// original gateway, which never expired its leases.
+    #[cfg(feature = "fault-injection")]
+    ignore_expiry: bool,
 }
 
 impl LeaseTable {
@@ -315,7 +319,23 @@ impl LeaseTable {
             history: VecDeque::new(),
             timers: TimerQueue::new(),
             events: VecDeque::new(),
+            #[cfg(feature = "fault-injection")]
+            ignore_expiry: false,
         }
+    }
+
+    /// Breaks the table on purpose (tests only): leases never expire.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fault_ignore_expiry(&mut self) {
+        self.ignore_expiry = true;
+    }
+
+    fn usable(&self, lease: &Lease, now: Instant) -> bool {
+        #[cfg(feature = "fault-injection")]
+        if self.ignore_expiry {
+            return lease.state == LeaseState::Active;
+        }
+        lease.is_usable(now)
     }
 
     // ---- getters ----
@@ -332,7 +352,7 @@ impl LeaseTable {
         self.relays
             .get(relay)
             .and_then(|leases| leases.current.as_ref())
-            .filter(|lease| lease.is_usable(now))
+            .filter(|lease| self.usable(lease, now))
     }
 
     /// The relay's current lease, usable or not (the latest one).
@@ -362,7 +382,7 @@ impl LeaseTable {
         self.relays
             .values()
             .filter_map(|leases| leases.current.as_ref())
-            .filter(move |lease| lease.is_usable(now))
+            .filter(move |lease| self.usable(lease, now))
     }
 
     /// Recently ended leases, oldest first.
@@ -392,7 +412,7 @@ impl LeaseTable {
             });
         }
         match &leases.current {
-            Some(lease) if lease.id == id && lease.is_usable(now) => Ok(id),
+            Some(lease) if lease.id == id && self.usable(lease, now) => Ok(id),
             Some(lease) if lease.id == id => Err(LeaseError::NotActive(id)),
             _ => Err(LeaseError::NoActiveLease(*relay)),
         }
@@ -689,6 +709,10 @@ impl LeaseTable {
     }
 
     fn expire_if_due(&mut self, relay: RelayKey, now: Instant) {
+        #[cfg(feature = "fault-injection")]
+        if self.ignore_expiry {
+            return;
+        }
         let due = self
             .current(&relay)
             .filter(|lease| lease.state == LeaseState::Active && now >= lease.expires_at)

@@ -20,17 +20,20 @@
 
 #![warn(missing_docs)]
 
+pub mod escrow;
 pub mod gateway;
 pub mod health;
 pub mod histogram;
 pub mod ids;
 pub mod lease;
 pub mod nostr;
+pub mod push;
 pub mod registry;
 pub mod router;
 pub mod time;
 pub mod timer;
 pub mod wire;
+pub mod worker;
 
 // Compile-time check: runtimes move machines across threads, so every machine is `Send`.
 const _: fn() = || {
