@@ -1,10 +1,11 @@
-//! The gateway composition: registry, health and router wired together.
+//! The gateway composition: registry, health, router, leases and the
+//! pending-write push wired together.
 //!
 //! Contract: the adapter feeds link events, decoded peer-link frames, mirror
-//! progress and client-session inputs; the gateway keeps the three machines
-//! consistent (a heartbeat reaches health, a health change reaches the
-//! router, a registration reaches registry and router) and exposes one output
-//! surface:
+//! progress, client-session inputs and the escrow's answers; the gateway
+//! keeps the machines consistent (a heartbeat reaches health, a health change
+//! reaches the router, the push scheduler and the lease table, a registration
+//! reaches registry and router) and exposes one output surface:
 //!
 //! 1. [`Gateway::poll_transmit`]: frames to send to peers;
 //! 2. [`Gateway::poll_event`]: what happened, for the adapter to act on;
@@ -47,9 +48,14 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use std::collections::BTreeMap;
+
+use crate::escrow::Evidence;
 use crate::health::{Health, HealthConfig, HealthEvent};
 use crate::ids::{PeerId, RelayKey};
-use crate::registry::{Registry, RegistryEvent};
+use crate::lease::{LeaseConfig, LeaseError, LeaseEvent, LeaseTable};
+use crate::push::{PushConfig, PushEvent, PushScheduler};
+use crate::registry::{Registry, RegistryError, RegistryEvent};
 use crate::router::{
     AttemptId, Router, RouterConfig, RouterError, RouterEvent, SessionId, SessionKind,
 };
@@ -57,12 +63,33 @@ use crate::time::{UnixTime, duration_millis};
 use crate::wire::{Frame, Heartbeat, Message, RegisterAck, RegisterRelays};
 
 /// Tuning of the gateway composition.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GatewayConfig {
     /// Liveness detection.
     pub health: HealthConfig,
     /// Routing.
     pub router: RouterConfig,
+    /// Lease expiry warnings and request timeouts (the TTL is the escrow's).
+    pub lease: LeaseConfig,
+    /// Pending-write push cadence.
+    pub push: PushConfig,
+    /// Writes per relay that may wait for a lease request to be answered.
+    pub max_waiting_writes: usize,
+    /// Seed of the gateway's randomness (push ids, retry jitter).
+    pub seed: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            health: HealthConfig::default(),
+            router: RouterConfig::default(),
+            lease: LeaseConfig::default(),
+            push: PushConfig::default(),
+            max_waiting_writes: 64,
+            seed: 0,
+        }
+    }
 }
 
 /// A frame to send to a peer.
@@ -83,6 +110,39 @@ pub enum GatewayEvent {
     Health(HealthEvent),
     /// From the router.
     Router(RouterEvent),
+    /// From the lease table. `Ended` means: wipe the key from the vault and
+    /// tell the escrow.
+    Lease(LeaseEvent),
+    /// From the push scheduler (telemetry; the pushes themselves are transmits).
+    Push(PushEvent),
+    /// Ask the escrow to unlock (or renew) the relay's gateway writer key,
+    /// with this evidence from the gateway's own health and mirror state.
+    LeaseRequestNeeded {
+        /// The relay.
+        relay: RelayKey,
+        /// The lease to renew, if this is a renewal.
+        renewing: Option<crate::lease::LeaseId>,
+        /// What the gateway observes.
+        evidence: Evidence,
+    },
+    /// A write that waited for a lease may now be appended under `epoch`.
+    WriteReleased {
+        /// The write.
+        write: WriteId,
+        /// The relay.
+        relay: RelayKey,
+        /// The lease epoch to carry.
+        epoch: u64,
+    },
+    /// A write that waited for a lease is refused (answer read-only).
+    WriteRefused {
+        /// The write.
+        write: WriteId,
+        /// The relay.
+        relay: RelayKey,
+        /// Why, for the `OK false "read-only: …"` message.
+        reason: String,
+    },
     /// A peer-link frame the composition does not handle itself (forwarded
     /// NIP-01 and HTTP replies, mirror data, acks): the adapter's to act on.
     Inbound {
@@ -103,14 +163,25 @@ pub enum GatewayError {
     /// A routing input was stale or wrong.
     #[error(transparent)]
     Router(#[from] RouterError),
+    /// A lease input was stale or wrong.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    /// A registry input was wrong.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
 }
 
 /// The gateway composition. See the module docs for the drive loop.
 #[derive(Debug)]
 pub struct Gateway {
+    config: GatewayConfig,
     registry: Registry,
     health: Health,
     router: Router,
+    leases: LeaseTable,
+    push: PushScheduler,
+    /// Writes waiting for the answer to a lease request, per relay, in arrival order.
+    waiting_writes: BTreeMap<RelayKey, VecDeque<WriteId>>,
     anchor: (Instant, UnixTime),
     transmits: VecDeque<Transmit>,
     events: VecDeque<GatewayEvent>,
@@ -134,9 +205,13 @@ impl Gateway {
         unix_now: UnixTime,
     ) -> Self {
         let mut gateway = Self {
+            config,
             registry,
             health: Health::new(config.health),
             router: Router::new(config.router),
+            leases: LeaseTable::new(config.lease),
+            push: PushScheduler::new(config.push, config.seed),
+            waiting_writes: BTreeMap::new(),
             anchor: (now, unix_now),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -149,6 +224,9 @@ impl Gateway {
         for (relay, workers) in relays {
             gateway.router.handle_relay_peers(relay, workers, now);
         }
+        // Pending writes survive a restart in the registry: resume their pushes.
+        gateway.resume_pending_pushes(now);
+        gateway.pump(now);
         gateway
     }
 
@@ -170,6 +248,25 @@ impl Gateway {
     #[must_use]
     pub fn router(&self) -> &Router {
         &self.router
+    }
+
+    /// The lease table.
+    #[must_use]
+    pub fn leases(&self) -> &LeaseTable {
+        &self.leases
+    }
+
+    /// The push scheduler.
+    #[must_use]
+    pub fn push(&self) -> &PushScheduler {
+        &self.push
+    }
+
+    /// Breaks the gateway on purpose (tests only): its leases never expire,
+    /// as in the original. The simulation must catch this.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fault_ignore_lease_expiry(&mut self) {
+        self.leases.inject_fault_ignore_expiry();
     }
 
     /// Wall-clock time at `now`, from the construction anchor.
@@ -233,6 +330,8 @@ impl Gateway {
                     );
                 }
             }
+            Message::PushAck(ack) => self.on_push_ack(peer, &ack, now),
+            Message::ResyncComplete(done) => self.on_resync_complete(peer, request_id, &done, now),
             message => self.events.push_back(GatewayEvent::Inbound {
                 peer,
                 frame: Frame {
@@ -312,6 +411,8 @@ impl Gateway {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.health.handle_timeout(now);
         self.router.handle_timeout(now);
+        self.leases.handle_timeout(now);
+        self.push.handle_timeout(now);
         self.pump(now);
     }
 
@@ -332,10 +433,15 @@ impl Gateway {
     /// The earliest deadline of any machine, and why.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
-        [self.health.poll_timeout(), self.router.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min_by_key(|(at, _)| *at)
+        [
+            self.health.poll_timeout(),
+            self.router.poll_timeout(),
+            self.leases.poll_timeout(),
+            self.push.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(at, _)| *at)
     }
 
     // ---- internals ----
@@ -363,8 +469,15 @@ impl Gateway {
             while let Some(event) = self.registry.poll_event() {
                 moved = true;
                 match &event {
-                    RegistryEvent::WorkerAttached { relay, .. }
-                    | RegistryEvent::WorkerDetached { relay, .. }
+                    RegistryEvent::WorkerAttached { relay, worker } => {
+                        let workers: Vec<PeerId> = self.registry.workers_of(relay).collect();
+                        self.router.handle_relay_peers(*relay, workers, now);
+                        // A worker that turned healthy before registering the
+                        // relay ends its lease now, as any returning worker does.
+                        let health = self.health.health_of(worker);
+                        self.on_worker_of_relay(*relay, health, now);
+                    }
+                    RegistryEvent::WorkerDetached { relay, .. }
                     | RegistryEvent::RelayAdded { relay } => {
                         let workers: Vec<PeerId> = self.registry.workers_of(relay).collect();
                         self.router.handle_relay_peers(*relay, workers, now);
@@ -381,6 +494,7 @@ impl Gateway {
                 moved = true;
                 if let HealthEvent::PeerChanged { peer, to, .. } = &event {
                     self.router.handle_peer_health(*peer, *to, now);
+                    self.on_peer_health(*peer, *to, now);
                 }
                 self.events.push_back(GatewayEvent::Health(event));
             }
@@ -388,12 +502,30 @@ impl Gateway {
                 moved = true;
                 self.events.push_back(GatewayEvent::Router(event));
             }
+            while let Some(event) = self.leases.poll_event() {
+                moved = true;
+                // The lease event first: writes it releases follow it.
+                self.events.push_back(GatewayEvent::Lease(event.clone()));
+                self.on_lease_event(&event, now);
+            }
+            while let Some(push) = self.push.poll_push() {
+                moved = true;
+                self.send_push(push);
+            }
+            while let Some(event) = self.push.poll_event() {
+                moved = true;
+                self.events.push_back(GatewayEvent::Push(event));
+            }
             if !moved {
                 break;
             }
         }
     }
 }
+
+mod writes;
+
+pub use writes::{WriteId, WriteVerdict};
 
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,7 @@
 //!   lengths: what the mirror has stored and what the core's owner last
 //!   advertised. `lag_blocks` counts blocks behind; `lag_ms` is how long the
 //!   relay has been behind (zero while in sync); `last_synced_at` is the last
-//!   moment every core was caught up. One unit per field.
+//!   moment every core was caught up (now, while in sync). One unit per field.
 //! - Every transition is an event ([`HealthEvent`]); deadlines come from a
 //!   [`TimerQueue`], so `poll_timeout` is O(log n) and exact.
 
@@ -253,10 +253,18 @@ impl Health {
                     duration_millis(now.saturating_duration_since(since))
                 })
         };
+        // A mirror holding everything its owners advertised is in sync as of
+        // now, not as of the last block that arrived: an owner that went
+        // offline advertises nothing newer, so its mirror stays complete.
+        let last_synced_at = if lag_blocks == 0 {
+            Some(now)
+        } else {
+            mirror.last_synced_at
+        };
         Some(MirrorFreshness {
             lag_blocks,
             lag_ms,
-            last_synced_at: mirror.last_synced_at,
+            last_synced_at,
         })
     }
 

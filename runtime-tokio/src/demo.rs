@@ -61,7 +61,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         },
         router: RouterConfig {
             attempt_timeout: options.heartbeat / 2,
+            replica_retry: options.heartbeat,
         },
+        ..GatewayConfig::default()
     };
     let gateway = Gateway::new(config, start, clock.unix_now());
     let (input_tx, input_rx) = mpsc::channel(1024);
@@ -469,5 +471,7 @@ fn describe(event: &GatewayEvent) -> (&'static str, &'static str, String) {
             "inbound",
             format!("peer={} message={}", peer.short(), frame.message.kind()),
         ),
+        // Leases, pushes and writes do not occur in this read-only scenario.
+        other => ("core", "other", format!("{other:?}")),
     }
 }

@@ -172,6 +172,7 @@ impl Sim {
                 attempt_timeout,
                 replica_retry: config.heartbeat,
             },
+            ..GatewayConfig::default()
         };
         let gateway = Gateway::new(gateway_config, start, UnixTime(1_700_000_000_000));
         let relays: Vec<RelayKey> = (0..config.relays.max(1))

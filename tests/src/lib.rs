@@ -5,7 +5,11 @@
 //! - [`churn`]: the gateway core under seeded worker churn on a virtual
 //!   clock, with invariants checked after every step, replayable seeds and a
 //!   trace hash for determinism checks.
+//! - [`sim`]: the whole core — gateway, escrow, workers, clients — on a
+//!   seeded lossy network with churn, invariants after every step, a
+//!   reference model, fault injection, and a final no-write-lost check.
 //! - [`corpus`]: locating the committed fuzz corpus so `cargo test` replays it.
 
 pub mod churn;
 pub mod corpus;
+pub mod sim;

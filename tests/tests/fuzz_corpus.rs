@@ -45,3 +45,26 @@ fn nostr_frame_corpus_replays_without_panics() {
         "the corpus holds valid frames, not only garbage"
     );
 }
+
+#[test]
+fn simulation_corpus_replays_with_every_invariant_holding() {
+    use hypergate_tests::sim::{SimConfig, run_with_steps};
+    let files = corpus_files("simulation").expect("fuzz/corpus/simulation exists");
+    assert!(!files.is_empty());
+    let start = std::time::Instant::now();
+    for path in files {
+        let data = std::fs::read(&path).unwrap();
+        let Some((seed, choices)) = data.split_first_chunk::<8>() else {
+            continue;
+        };
+        let choices = &choices[..choices.len().min(400)];
+        if let Err(violation) = run_with_steps(
+            u64::from_le_bytes(*seed),
+            &SimConfig::default(),
+            start,
+            choices,
+        ) {
+            panic!("{}: {violation}", path.display());
+        }
+    }
+}

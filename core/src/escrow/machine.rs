@@ -317,6 +317,13 @@ impl Escrow {
         self.leases.active(relay, now)
     }
 
+    /// The relay's highest lease epoch so far (0: never leased). A worker
+    /// that reconnects compares it with the epoch of its last rotation.
+    #[must_use]
+    pub fn lease_epoch(&self, relay: &RelayKey) -> u64 {
+        self.leases.current_epoch(relay)
+    }
+
     /// Recently ended leases, oldest first (bounded, see [`crate::lease::LEASE_HISTORY_LEN`]).
     pub fn lease_history(&self) -> impl Iterator<Item = &Lease> {
         self.leases.history()

@@ -175,3 +175,349 @@ fn core_machines_are_send() {
     assert_send::<Health>();
     assert_send::<Router>();
 }
+
+mod write_path {
+    use super::*;
+    use crate::health::PeerHealth;
+    use crate::lease::{EndReason, LeaseEvent, LeaseGrant, LeaseId};
+    use crate::registry::PendingMark;
+    use crate::wire::{
+        EscrowRegistration, PendingState, PendingType, PushAck, ResyncComplete, ResyncStatus,
+    };
+
+    const GATEWAY: PeerId = PeerId([0xee; 32]);
+
+    fn register_with_escrow(escrow: bool) -> Frame {
+        let mut frame = register_frame();
+        if let Message::RegisterRelays(register) = &mut frame.message {
+            let mut relays = register.relays.clone().into_inner();
+            relays[0].escrow = escrow.then(|| EscrowRegistration {
+                escrow_id: BoundedString::new("escrow-1").unwrap(),
+                policy_version: BoundedString::new("v1").unwrap(),
+                permitted_gateways: BoundedVec::new(vec![GATEWAY]).unwrap(),
+                expires_at: UnixTime(u64::MAX / 2),
+            });
+            register.relays = BoundedVec::new(relays).unwrap();
+        }
+        frame
+    }
+
+    /// A gateway whose one worker registered (with escrow or not) and then
+    /// went away, with a mirror of the relay and a client session in replica mode.
+    fn offline_relay(escrow: bool) -> (Gateway, SessionId, Instant) {
+        let t0 = test_start();
+        let mut gateway = Gateway::new(GatewayConfig::default(), t0, UnixTime(1_000_000));
+        gateway.handle_link_up(WORKER, t0);
+        gateway.handle_frame(WORKER, register_with_escrow(escrow), t0);
+        gateway.handle_mirror_stored(RELAY, [3; 32], 10, t0);
+        gateway.handle_link_down(WORKER, t0);
+        let session = gateway
+            .open_session(&RELAY.to_hex(), SessionKind::Client, t0)
+            .unwrap();
+        assert_eq!(gateway.router().target(session), Ok(Target::Replica));
+        drain(&mut gateway);
+        (gateway, session, t0)
+    }
+
+    fn grant(epoch: u64, now: Instant) -> LeaseGrant {
+        LeaseGrant {
+            id: LeaseId {
+                relay: RELAY,
+                epoch,
+            },
+            escrow_id: "escrow-1".into(),
+            holder: GATEWAY,
+            expires_at: now + Duration::from_secs(600),
+        }
+    }
+
+    fn event_mark() -> PendingMark {
+        PendingMark {
+            kind: PendingType::Event,
+            reason: None,
+            drive_identifier: None,
+            drive_version: None,
+            lease_version: None,
+        }
+    }
+
+    #[test]
+    fn a_write_without_a_lease_requests_one_automatically_once_and_waits() {
+        let (mut gateway, session, t0) = offline_relay(true);
+        let first = gateway
+            .handle_client_write(session, WriteId(1), t0)
+            .unwrap();
+        let second = gateway
+            .handle_client_write(session, WriteId(2), t0)
+            .unwrap();
+        assert_eq!((first, second), (WriteVerdict::Wait, WriteVerdict::Wait));
+        let (_, events) = drain(&mut gateway);
+        let requests: Vec<_> = events
+            .iter()
+            .filter_map(|event| match event {
+                GatewayEvent::LeaseRequestNeeded {
+                    relay,
+                    renewing,
+                    evidence,
+                } => Some((*relay, *renewing, evidence.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(requests.len(), 1, "one request for concurrent writes");
+        let (relay, renewing, evidence) = &requests[0];
+        assert_eq!((*relay, *renewing), (RELAY, None));
+        assert_eq!(evidence.escrow_enabled, Some(true));
+        assert_eq!(evidence.healthy_peer_count, Some(0));
+        assert_eq!(evidence.mirror_lag_blocks, Some(0));
+        assert!(
+            evidence.last_healthy_at.is_some(),
+            "built from the gateway's own health"
+        );
+    }
+
+    #[test]
+    fn a_granted_lease_releases_the_waiting_writes_under_its_epoch() {
+        let (mut gateway, session, t0) = offline_relay(true);
+        gateway
+            .handle_client_write(session, WriteId(1), t0)
+            .unwrap();
+        gateway
+            .handle_client_write(session, WriteId(2), t0)
+            .unwrap();
+        drain(&mut gateway);
+        gateway.handle_lease_granted(grant(4, t0), t0).unwrap();
+        let (_, events) = drain(&mut gateway);
+        let released: Vec<_> = events
+            .iter()
+            .filter_map(|event| match event {
+                GatewayEvent::WriteReleased { write, epoch, .. } => Some((*write, *epoch)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(released, vec![(WriteId(1), 4), (WriteId(2), 4)]);
+        assert_eq!(
+            gateway
+                .handle_client_write(session, WriteId(3), t0)
+                .unwrap(),
+            WriteVerdict::Append { epoch: 4 }
+        );
+    }
+
+    #[test]
+    fn a_refused_lease_refuses_the_waiting_writes_read_only() {
+        let (mut gateway, session, t0) = offline_relay(true);
+        gateway
+            .handle_client_write(session, WriteId(1), t0)
+            .unwrap();
+        drain(&mut gateway);
+        gateway.handle_lease_refused(RELAY, "peer-timeout-not-reached", t0);
+        let (_, events) = drain(&mut gateway);
+        assert!(events.contains(&GatewayEvent::WriteRefused {
+            write: WriteId(1),
+            relay: RELAY,
+            reason: "peer-timeout-not-reached".into(),
+        }));
+    }
+
+    #[test]
+    fn a_relay_without_escrow_is_read_only_and_asks_nobody() {
+        let (mut gateway, session, t0) = offline_relay(false);
+        let verdict = gateway
+            .handle_client_write(session, WriteId(1), t0)
+            .unwrap();
+        assert!(matches!(verdict, WriteVerdict::ReadOnly { .. }));
+        let (_, events) = drain(&mut gateway);
+        assert!(
+            !events
+                .iter()
+                .any(|event| matches!(event, GatewayEvent::LeaseRequestNeeded { .. }))
+        );
+    }
+
+    #[test]
+    fn a_write_beside_a_healthy_worker_goes_to_the_worker_never_under_a_lease() {
+        let (mut gateway, session, t0) = offline_relay(true);
+        gateway
+            .handle_client_write(session, WriteId(1), t0)
+            .unwrap();
+        gateway.handle_lease_granted(grant(1, t0), t0).unwrap();
+        drain(&mut gateway);
+        // The worker returns: the lease ends, the session follows the worker.
+        gateway.handle_link_up(WORKER, t0 + Duration::from_secs(1));
+        let (_, events) = drain(&mut gateway);
+        assert!(events.iter().any(|event| matches!(
+            event,
+            GatewayEvent::Lease(LeaseEvent::Ended {
+                reason: EndReason::PeerHealthy,
+                ..
+            })
+        )));
+        let verdict = gateway
+            .handle_client_write(session, WriteId(2), t0 + Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(verdict, WriteVerdict::Forward(WORKER));
+        assert!(gateway.leases().active(&RELAY, t0).is_none());
+    }
+
+    /// Found by the simulation (seed 1382): a worker with a new identity is
+    /// healthy (link up) before its registration attaches it to the relay.
+    #[test]
+    fn a_new_worker_registering_while_healthy_ends_the_lease() {
+        let (mut gateway, session, t0) = offline_relay(true);
+        gateway
+            .handle_client_write(session, WriteId(1), t0)
+            .unwrap();
+        gateway.handle_lease_granted(grant(1, t0), t0).unwrap();
+        drain(&mut gateway);
+        let newcomer = PeerId([0x42; 32]);
+        gateway.handle_link_up(newcomer, t0);
+        assert!(
+            gateway.leases().active(&RELAY, t0).is_some(),
+            "not a worker of the relay yet"
+        );
+        gateway.handle_frame(newcomer, register_with_escrow(true), t0);
+        assert!(gateway.leases().active(&RELAY, t0).is_none());
+        let (_, events) = drain(&mut gateway);
+        assert!(events.iter().any(|event| matches!(
+            event,
+            GatewayEvent::Lease(LeaseEvent::Ended {
+                reason: EndReason::PeerHealthy,
+                ..
+            })
+        )));
+    }
+
+    #[test]
+    fn a_grant_arriving_after_the_worker_returned_is_ended_at_once() {
+        let (mut gateway, session, t0) = offline_relay(true);
+        gateway
+            .handle_client_write(session, WriteId(1), t0)
+            .unwrap();
+        gateway.handle_link_up(WORKER, t0);
+        drain(&mut gateway);
+        let _ = gateway.handle_lease_granted(grant(1, t0), t0);
+        assert!(gateway.leases().active(&RELAY, t0).is_none());
+        let (_, events) = drain(&mut gateway);
+        assert!(
+            !events
+                .iter()
+                .any(|event| matches!(event, GatewayEvent::WriteReleased { .. }))
+        );
+    }
+
+    #[test]
+    fn an_appended_write_is_pending_and_pushed_and_resync_complete_clears_it() {
+        let (mut gateway, session, t0) = offline_relay(true);
+        gateway
+            .handle_client_write(session, WriteId(1), t0)
+            .unwrap();
+        gateway.handle_lease_granted(grant(1, t0), t0).unwrap();
+        drain(&mut gateway);
+        gateway
+            .handle_write_appended(RELAY, 1, event_mark(), t0)
+            .unwrap();
+        let pending = gateway.registry().relay(&RELAY).unwrap().pending.clone();
+        assert!(pending.pending);
+        assert_eq!(pending.lease_version, Some(1));
+        assert_eq!(gateway.push().pending_count(), 1);
+
+        // The worker comes back: it receives the push and acknowledges it.
+        let back = t0 + Duration::from_secs(60);
+        gateway.handle_link_up(WORKER, back);
+        let (transmits, _) = drain(&mut gateway);
+        let push = transmits
+            .iter()
+            .find_map(|t| match &t.frame.message {
+                Message::PendingWritePush(push) if t.peer == WORKER => Some(push.clone()),
+                _ => None,
+            })
+            .expect("the pending notice is pushed to the returning worker");
+        assert_eq!(push.state, PendingState::Pending);
+        let ack = Frame {
+            request_id: 9,
+            message: Message::PushAck(PushAck {
+                push_id: push.push_id,
+                relay_key: RELAY,
+                updated_at: push.updated_at,
+                status: crate::wire::AckStatus::Accepted,
+            }),
+        };
+        gateway.handle_frame(WORKER, ack, back);
+        let done = Frame {
+            request_id: 10,
+            message: Message::ResyncComplete(ResyncComplete {
+                relay_key: RELAY,
+                resynced_through: push.updated_at,
+                gateway_writer_length: 1,
+            }),
+        };
+        gateway.handle_frame(WORKER, done, back);
+        let (transmits, _) = drain(&mut gateway);
+        assert!(transmits.iter().any(|t| matches!(
+            &t.frame,
+            Frame { request_id: 10, message: Message::ResyncAck(ack) } if ack.status == ResyncStatus::Cleared
+        )));
+        assert!(transmits.iter().any(|t| matches!(
+            &t.frame.message,
+            Message::PendingWritePush(push) if push.state == PendingState::Cleared
+        )));
+        assert!(!gateway.registry().relay(&RELAY).unwrap().pending.pending);
+    }
+
+    #[test]
+    fn resync_complete_from_a_peer_that_does_not_serve_the_relay_is_refused() {
+        let (mut gateway, _, t0) = offline_relay(true);
+        let stranger = PeerId([0x99; 32]);
+        let done = Frame {
+            request_id: 3,
+            message: Message::ResyncComplete(ResyncComplete {
+                relay_key: RELAY,
+                resynced_through: UnixTime(u64::MAX),
+                gateway_writer_length: 0,
+            }),
+        };
+        gateway.handle_frame(stranger, done, t0);
+        let (transmits, _) = drain(&mut gateway);
+        assert!(transmits.iter().any(|t| matches!(
+            &t.frame.message,
+            Message::ResyncAck(ack) if ack.status == ResyncStatus::Refused
+        )));
+    }
+
+    #[test]
+    fn the_lease_is_renewed_at_its_expiry_warning_while_workers_stay_away() {
+        let (mut gateway, session, t0) = offline_relay(true);
+        gateway
+            .handle_client_write(session, WriteId(1), t0)
+            .unwrap();
+        gateway.handle_lease_granted(grant(1, t0), t0).unwrap();
+        drain(&mut gateway);
+        let warning = t0 + Duration::from_secs(480);
+        gateway.handle_timeout(warning);
+        let (_, events) = drain(&mut gateway);
+        assert!(events.iter().any(|event| matches!(
+            event,
+            GatewayEvent::LeaseRequestNeeded { renewing: Some(id), .. } if id.epoch == 1
+        )));
+        assert_eq!(gateway.health().health_of(&WORKER), PeerHealth::Down);
+    }
+
+    #[test]
+    fn shutdown_ends_every_lease_so_the_vault_is_wiped() {
+        let (mut gateway, session, t0) = offline_relay(true);
+        gateway
+            .handle_client_write(session, WriteId(1), t0)
+            .unwrap();
+        gateway.handle_lease_granted(grant(1, t0), t0).unwrap();
+        drain(&mut gateway);
+        gateway.handle_shutdown(t0);
+        let (_, events) = drain(&mut gateway);
+        assert!(events.iter().any(|event| matches!(
+            event,
+            GatewayEvent::Lease(LeaseEvent::Ended {
+                reason: EndReason::Shutdown,
+                ..
+            })
+        )));
+    }
+}
