@@ -55,6 +55,22 @@ fn simulation_invariants_hold_for_every_seed() {
 }
 
 #[test]
+fn simulation_invariants_hold_with_fifty_workers() {
+    let config = SimConfig {
+        workers: 50,
+        clients: 30,
+        steps: 400,
+        ..SimConfig::default()
+    };
+    let start = Instant::now();
+    for seed in 0..10 {
+        if let Err(violation) = run(seed, &config, start) {
+            panic!("{violation}");
+        }
+    }
+}
+
+#[test]
 fn same_seed_twice_gives_the_same_trace() {
     let config = SimConfig::default();
     let start = Instant::now();

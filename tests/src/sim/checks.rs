@@ -108,12 +108,44 @@ impl Sim {
                 ));
             }
         }
-        // 4: pending writes always have a live notice.
+        // 4: pending writes always have a live notice with a deadline on schedule.
+        let push_config = self.gateway.push().config();
+        let longest_wait = push_config
+            .resync_deadline
+            .max(push_config.max_retry.mul_f64(1.0 + push_config.jitter));
         for record in self.gateway.registry().relays() {
-            if record.pending.pending && self.gateway.push().notice(&record.relay_key).is_none() {
+            if !record.pending.pending {
+                continue;
+            }
+            let Some(notice) = self.gateway.push().notice(&record.relay_key) else {
                 return Err(format!(
                     "invariant 4: relay {} has pending writes but no push notice",
                     record.relay_key.short()
+                ));
+            };
+            match notice.next_deadline {
+                Some(at) if at <= self.now + longest_wait => {}
+                other => {
+                    return Err(format!(
+                        "invariant 4: the notice of relay {} is not retried on schedule (next {other:?})",
+                        record.relay_key.short()
+                    ));
+                }
+            }
+        }
+        // The reference model's lease state agrees with the gateway's.
+        for relay in self.gateway.registry().relays().map(|r| r.relay_key) {
+            let model = self
+                .model
+                .leases
+                .get(&relay)
+                .filter(|(_, expires_at)| self.now < *expires_at)
+                .map(|(id, _)| *id);
+            let actual = self.gateway.leases().active(&relay, self.now).map(|l| l.id);
+            if model != actual {
+                return Err(format!(
+                    "model: relay {} lease is {actual:?} on the gateway, {model:?} in the reference model",
+                    relay.short()
                 ));
             }
         }
