@@ -125,7 +125,9 @@ pub enum GatewayEvent {
         /// What the gateway observes.
         evidence: Evidence,
     },
-    /// A write that waited for a lease may now be appended under `epoch`.
+    /// A write that waited for a lease may now be appended under `epoch`;
+    /// answer with [`Gateway::handle_write_appended`] or
+    /// [`Gateway::handle_write_failed`] (also if the client has gone).
     WriteReleased {
         /// The write.
         write: WriteId,
@@ -182,6 +184,8 @@ pub struct Gateway {
     push: PushScheduler,
     /// Writes waiting for the answer to a lease request, per relay, in arrival order.
     waiting_writes: BTreeMap<RelayKey, VecDeque<WriteId>>,
+    /// Appends allowed (verdict or release) and not yet reported done, per relay.
+    appends_in_flight: BTreeMap<RelayKey, u32>,
     anchor: (Instant, UnixTime),
     transmits: VecDeque<Transmit>,
     events: VecDeque<GatewayEvent>,
@@ -212,6 +216,7 @@ impl Gateway {
             leases: LeaseTable::new(config.lease),
             push: PushScheduler::new(config.push, config.seed),
             waiting_writes: BTreeMap::new(),
+            appends_in_flight: BTreeMap::new(),
             anchor: (now, unix_now),
             transmits: VecDeque::new(),
             events: VecDeque::new(),

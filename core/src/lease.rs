@@ -276,6 +276,10 @@ pub enum LeaseError {
     /// A renewal would shorten the lease.
     #[error("renewal of {0} does not extend it")]
     NotExtended(LeaseId),
+    // Local limit.
+    /// The relay's epoch counter is exhausted (only after restoring a corrupt epoch).
+    #[error("relay {0} has used every lease epoch")]
+    EpochExhausted(RelayKey),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -293,6 +297,8 @@ struct RelayLeases {
     current: Option<Lease>,
     /// A gateway request in flight, since when.
     requested_at: Option<Instant>,
+    /// The lease the in-flight request renews, if it is a renewal.
+    renewing: Option<LeaseId>,
 }
 
 /// The lease table. See the module docs for the contract.
@@ -434,7 +440,10 @@ impl LeaseTable {
         // A current lease past its expiry whose timer has not fired yet ends now.
         self.expire_if_due(relay, now);
         let leases = self.relays.entry(relay).or_default();
-        leases.epoch += 1;
+        leases.epoch = leases
+            .epoch
+            .checked_add(1)
+            .ok_or(LeaseError::EpochExhausted(relay))?;
         let grant = LeaseGrant {
             id: LeaseId {
                 relay,
@@ -458,6 +467,8 @@ impl LeaseTable {
 
     /// Asks for a lease of `relay` (at most one request in flight).
     pub fn request(&mut self, relay: RelayKey, now: Instant) -> RequestOutcome {
+        // An expired lease whose timer has not run yet ends (and is reported) first.
+        self.expire_if_due(relay, now);
         if let Some(active) = self.active(&relay, now) {
             return RequestOutcome::Active(active.id);
         }
@@ -466,10 +477,8 @@ impl LeaseTable {
             return RequestOutcome::InFlight;
         }
         leases.requested_at = Some(now);
-        self.timers.arm(
-            LeaseTimer::RequestTimeout(relay),
-            now + self.config.request_timeout,
-        );
+        leases.renewing = None;
+        self.arm_request_timeout(relay, now);
         self.events.push_back(LeaseEvent::RequestNeeded {
             relay,
             renewing: None,
@@ -479,6 +488,7 @@ impl LeaseTable {
 
     /// Asks the escrow to extend the relay's active lease (at most one request in flight).
     pub fn request_renewal(&mut self, relay: RelayKey, now: Instant) -> RequestOutcome {
+        self.expire_if_due(relay, now);
         let Some(active) = self.active(&relay, now).map(|lease| lease.id) else {
             return self.request(relay, now);
         };
@@ -487,10 +497,8 @@ impl LeaseTable {
             return RequestOutcome::InFlight;
         }
         leases.requested_at = Some(now);
-        self.timers.arm(
-            LeaseTimer::RequestTimeout(relay),
-            now + self.config.request_timeout,
-        );
+        leases.renewing = Some(active);
+        self.arm_request_timeout(relay, now);
         self.events.push_back(LeaseEvent::RequestNeeded {
             relay,
             renewing: Some(active),
@@ -502,6 +510,7 @@ impl LeaseTable {
     /// (newer epoch) or a renewal of the active one (same id, later expiry).
     pub fn handle_grant(&mut self, grant: LeaseGrant, now: Instant) -> Result<(), LeaseError> {
         let relay = grant.id.relay;
+        self.expire_if_due(relay, now);
         let leases = self
             .relays
             .get(&relay)
@@ -601,6 +610,15 @@ impl LeaseTable {
         let ended = lease.clone();
         self.timers.disarm(&LeaseTimer::Warn(id.relay));
         self.timers.disarm(&LeaseTimer::Expire(id.relay));
+        // A renewal of this lease can no longer succeed: stop waiting for it,
+        // so the next write starts a fresh request instead of joining it.
+        if self
+            .relays
+            .get(&id.relay)
+            .is_some_and(|leases| leases.renewing == Some(id))
+        {
+            self.clear_request(id.relay);
+        }
         self.history.push_back(ended);
         while self.history.len() > LEASE_HISTORY_LEN {
             self.history.pop_front();
@@ -726,8 +744,16 @@ impl LeaseTable {
     fn clear_request(&mut self, relay: RelayKey) {
         if let Some(leases) = self.relays.get_mut(&relay) {
             leases.requested_at = None;
+            leases.renewing = None;
         }
         self.timers.disarm(&LeaseTimer::RequestTimeout(relay));
+    }
+
+    fn arm_request_timeout(&mut self, relay: RelayKey, now: Instant) {
+        // At least 1 ms, so the timeout never fires at the `now` that armed it.
+        let timeout = self.config.request_timeout.max(Duration::from_millis(1));
+        self.timers
+            .arm(LeaseTimer::RequestTimeout(relay), now + timeout);
     }
 
     fn current_lease_mut(&mut self, id: LeaseId) -> Result<&mut Lease, LeaseError> {

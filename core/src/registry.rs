@@ -475,15 +475,24 @@ impl Registry {
     }
 
     /// Clears pending writes after a worker's resync-complete. The drive
-    /// version is kept so the next write continues from it.
+    /// version is kept so the next write continues from it, and `updated_at`
+    /// is kept as a floor so the next mark is newer than the cleared notice.
     pub fn clear_pending(&mut self, relay: &RelayKey, now: UnixTime) -> Result<(), RegistryError> {
         let record = self
             .relays
             .get_mut(relay)
             .ok_or(RegistryError::UnknownRelay(*relay))?;
         let drive_version = record.pending.drive_version;
+        // `updated_at` stays as a floor above the `cleared` notice's own
+        // `updated_at` (now, or one past the last mark): the next mark must
+        // look newer to workers, which dedupe pushes by it.
+        let floor = match record.pending.updated_at {
+            Some(previous) if previous >= now => UnixTime(previous.0.saturating_add(1)),
+            _ => now,
+        };
         record.pending = PendingWrites {
             drive_version,
+            updated_at: Some(floor),
             ..PendingWrites::default()
         };
         record.updated_at = now;

@@ -17,11 +17,17 @@
 //!   `http-artifact`), then [`EffectKind::SendResyncComplete`] through the notice's `updated_at`.
 //!   Resync-complete is handed out only after every earlier step succeeded (the original
 //!   acknowledged resyncs it never performed).
-//! - **Then it rotates.** A new writer key ([`EffectKind::GenerateWriterKey`]); the owner log
-//!   removes the old gateway writer at the length resynced and adds the new one; the old deposit
-//!   is revoked; the new key is deposited. Only then are [`WorkerCore::current_writer`] and
-//!   [`WorkerCore::current_escrow_id`] the new ones (the original re-deposited the same key).
-//!   The last `rotation_history` rotations are kept as [`RotationRecord`]s.
+//! - **Then it rotates** — only if the gateway answered the resync-complete with `cleared`
+//!   ([`EffectOutput::ResyncAnswered`]); "still pending" means a gateway write landed after the
+//!   notice, and the job for the newer notice rotates instead. A new writer key
+//!   ([`EffectKind::GenerateWriterKey`]); the old deposit is revoked, so no new lease can
+//!   write to the old writer; the old writer is ingested once more; the owner log removes it at
+//!   the length that re-ingest found and adds the new one; the new key is deposited. That order
+//!   means the old writer's final length never cuts off a gateway write (the simulation found
+//!   the lost write when the removal came before the revoke). Only then are
+//!   [`WorkerCore::current_writer`] and [`WorkerCore::current_escrow_id`] the new ones (the
+//!   original re-deposited the same key). The last `rotation_history` rotations are kept as
+//!   [`RotationRecord`]s.
 //! - **Leases issued while away are answered by a rotation.** Every lease epoch the worker
 //!   observes (a push's `lease_version`, or the escrow's lease list) raises the relay's observed
 //!   epoch; a rotation completes *for* the epoch observed when it started. On
@@ -560,7 +566,12 @@ impl WorkerCore {
                 relay,
                 reason: PushIgnoredReason::UnknownRelay,
             });
-            return ack(AckStatus::Noop);
+            // Echo no `updated_at`: a worker that does not own the relay must not
+            // count as having received the notice (the gateway would stop retrying).
+            return PushAck {
+                updated_at: UnixTime(0),
+                ..ack(AckStatus::Noop)
+            };
         };
         if let Some(epoch) = push.lease_version {
             // Even a stale push names a lease that was issued; taking the max makes it harmless.
@@ -852,9 +863,18 @@ impl WorkerCore {
                 // The log only grows: an earlier job may have resynced further already.
                 entry.writer_length = entry.writer_length.max(*gateway_writer_length);
             }
-            (Step::ResyncComplete { through }, EffectOutput::Done) => {
+            (
+                Step::ResyncComplete { through },
+                EffectOutput::Done | EffectOutput::ResyncAnswered { .. },
+            ) => {
                 entry.resynced_through =
                     Some(entry.resynced_through.map_or(*through, |t| t.max(*through)));
+                if matches!(output, EffectOutput::ResyncAnswered { cleared: false }) {
+                    // Writes newer than this job's notice exist: the old writer
+                    // is not final, so no rotation now; the newer notice (its
+                    // push follows) runs the job again.
+                    job.rotation_deferred = true;
+                }
             }
             (
                 Step::FetchDrive { .. }
@@ -873,19 +893,23 @@ impl WorkerCore {
                 record.new_writer = Some(*public);
                 let record = record.clone();
                 // Replace the GenerateKey step (popped by `advance`) with the rest of the
-                // rotation, now that the new key is known.
+                // rotation, now that the new key is known. Order matters: the old
+                // deposit is revoked first, so no new lease can write to the old
+                // writer; then the old writer is ingested once more, so its final
+                // length covers every gateway write made under a lease; only then
+                // is it removed from the owner log and the new key deposited.
                 job.steps.truncate(1);
-                job.steps.push_back(Step::AppendOwnerOps {
-                    old: record.previous_writer,
-                    final_length: entry.writer_length,
-                    new: *public,
-                });
                 if let Some(escrow_id) = record.previous_escrow_id.clone() {
                     job.steps.push_back(Step::Revoke {
                         escrow_id,
                         reason: record.reason,
                     });
                 }
+                job.steps.push_back(Step::Ingest);
+                job.steps.push_back(Step::AppendOwnerOps {
+                    old: record.previous_writer,
+                    new: *public,
+                });
                 job.steps.push_back(Step::Deposit { new: *public });
                 update_history(&mut self.history, &record);
             }
@@ -917,7 +941,7 @@ impl WorkerCore {
             list(&mut self.ready, relay, entry);
             return;
         }
-        if job.rotation.is_none() {
+        if job.rotation.is_none() && !job.rotation_deferred {
             let record = RotationRecord {
                 rotation_id: self.next_rotation,
                 relay,

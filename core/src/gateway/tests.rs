@@ -484,6 +484,101 @@ mod write_path {
         )));
     }
 
+    /// Review finding: a resync-complete handled while an allowed append was
+    /// still in flight cleared the flags, and the worker's rotation then cut
+    /// that write off.
+    #[test]
+    fn resync_complete_during_an_append_in_flight_is_still_pending() {
+        let (mut gateway, session, t0) = offline_relay(true);
+        gateway
+            .handle_client_write(session, WriteId(1), t0)
+            .unwrap();
+        gateway.handle_lease_granted(grant(1, t0), t0).unwrap();
+        gateway
+            .handle_write_appended(RELAY, 1, event_mark(), t0)
+            .unwrap();
+        let through = gateway
+            .registry()
+            .relay(&RELAY)
+            .unwrap()
+            .pending
+            .updated_at
+            .unwrap();
+        // A second write is allowed; its append has not finished yet.
+        assert_eq!(
+            gateway
+                .handle_client_write(session, WriteId(2), t0)
+                .unwrap(),
+            WriteVerdict::Append { epoch: 1 }
+        );
+        drain(&mut gateway);
+        let done = |request_id| Frame {
+            request_id,
+            message: Message::ResyncComplete(ResyncComplete {
+                relay_key: RELAY,
+                resynced_through: through,
+                gateway_writer_length: 1,
+            }),
+        };
+        gateway.handle_frame(WORKER, done(20), t0);
+        let (transmits, _) = drain(&mut gateway);
+        assert!(transmits.iter().any(|t| matches!(
+            &t.frame.message,
+            Message::ResyncAck(ack) if ack.status == ResyncStatus::StillPending
+        )));
+        assert!(gateway.registry().relay(&RELAY).unwrap().pending.pending);
+        // The append lands; it is marked, so the same report is still not enough.
+        gateway
+            .handle_write_appended(RELAY, 1, event_mark(), t0)
+            .unwrap();
+        gateway.handle_frame(WORKER, done(21), t0);
+        let (transmits, _) = drain(&mut gateway);
+        assert!(transmits.iter().any(|t| matches!(
+            &t.frame.message,
+            Message::ResyncAck(ack) if ack.status == ResyncStatus::StillPending
+        )));
+    }
+
+    /// Review finding: a late revoke of an older epoch ended the current lease.
+    #[test]
+    fn a_late_revoke_of_an_older_epoch_leaves_the_current_lease_alone() {
+        let (mut gateway, session, t0) = offline_relay(true);
+        gateway
+            .handle_client_write(session, WriteId(1), t0)
+            .unwrap();
+        gateway.handle_lease_granted(grant(2, t0), t0).unwrap();
+        let stale = LeaseId {
+            relay: RELAY,
+            epoch: 1,
+        };
+        assert!(gateway.handle_lease_revoked(stale, "owner", t0).is_err());
+        assert!(gateway.leases().active(&RELAY, t0).is_some());
+        let current = LeaseId {
+            relay: RELAY,
+            epoch: 2,
+        };
+        gateway.handle_lease_revoked(current, "owner", t0).unwrap();
+        assert!(gateway.leases().active(&RELAY, t0).is_none());
+    }
+
+    /// Review finding: after a restart, workers not seen since had no
+    /// `last_healthy_at`, which the policy reads as missing evidence forever.
+    #[test]
+    fn evidence_after_a_restart_reports_the_start_as_the_latest_proof_of_life() {
+        let (gateway, _, t0) = offline_relay(true);
+        let bytes = gateway.registry().snapshot_bytes().unwrap();
+        let restarted_at = t0 + Duration::from_secs(300);
+        let restarted = Gateway::with_registry(
+            GatewayConfig::default(),
+            Registry::restore_bytes(&bytes).unwrap(),
+            restarted_at,
+            UnixTime(2_000_000),
+        );
+        let evidence = restarted.evidence(&RELAY, restarted_at + Duration::from_secs(60));
+        assert_eq!(evidence.last_healthy_at, Some(UnixTime(2_000_000)));
+        assert_eq!(evidence.healthy_peer_count, Some(0));
+    }
+
     #[test]
     fn the_lease_is_renewed_at_its_expiry_warning_while_workers_stay_away() {
         let (mut gateway, session, t0) = offline_relay(true);

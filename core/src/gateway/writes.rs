@@ -19,15 +19,18 @@
 //!   at its expiry warning.
 //! - An appended write marks the relay's pending writes (with the lease
 //!   epoch) and hands the notice to the push scheduler. A worker's
-//!   resync-complete that covers the latest mark clears the flags, releases the
-//!   lease and starts the `cleared` notice.
+//!   resync-complete that covers the latest mark, while no allowed append is
+//!   still in flight, clears the flags, releases the lease and starts the
+//!   `cleared` notice; every resync-complete is answered (`ResyncAck`), and the
+//!   worker rotates its gateway writer only on `cleared`, so the old writer's
+//!   final length never cuts off a gateway write.
 
 use std::time::Instant;
 
 use crate::escrow::Evidence;
 use crate::health::PeerHealth;
 use crate::ids::{PeerId, RelayKey};
-use crate::lease::{EndReason, LeaseEvent, LeaseGrant, RequestOutcome};
+use crate::lease::{EndReason, LeaseEvent, LeaseGrant, LeaseId, RequestOutcome};
 use crate::push::{OutboundPush, PendingNotice, ResyncOutcome};
 use crate::registry::PendingMark;
 use crate::router::{SessionId, Target};
@@ -92,7 +95,9 @@ impl Gateway {
     }
 
     /// A write was appended durably to the gateway writer log under `epoch`:
-    /// record it as pending and push the notice to the relay's workers.
+    /// record it as pending and push the notice to the relay's workers. Every
+    /// `Append` verdict and `WriteReleased` event is answered by this or by
+    /// [`Gateway::handle_write_failed`].
     pub fn handle_write_appended(
         &mut self,
         relay: RelayKey,
@@ -100,6 +105,7 @@ impl Gateway {
         mut mark: PendingMark,
         now: Instant,
     ) -> Result<(), GatewayError> {
+        self.end_append(relay);
         mark.lease_version = Some(epoch);
         let unix = self.unix_time(now);
         let pending = self.registry.mark_pending(&relay, mark, unix)?.clone();
@@ -109,6 +115,13 @@ impl Gateway {
         }
         self.pump(now);
         Ok(())
+    }
+
+    /// An append the gateway allowed did not happen (disk error, shutdown):
+    /// nothing was written, so nothing is marked.
+    pub fn handle_write_failed(&mut self, relay: RelayKey, now: Instant) {
+        self.end_append(relay);
+        self.pump(now);
     }
 
     /// The escrow granted (or renewed) a lease.
@@ -125,9 +138,11 @@ impl Gateway {
             self.refuse_waiting(relay, "a worker is back; retry");
         }
         let result = self.leases.handle_grant(grant, now);
-        if result.is_err() {
+        if result.is_err() && !self.leases.is_requested(&relay) {
+            // Only when no request is left to wait for: a late or duplicate
+            // grant leaves the real request in flight.
             self.refuse_waiting(relay, "lease-grant-refused");
-        } else if worker_back {
+        } else if result.is_ok() && worker_back {
             self.leases.end_relay(&relay, EndReason::PeerHealthy, now);
         }
         self.pump(now);
@@ -140,13 +155,20 @@ impl Gateway {
         self.pump(now);
     }
 
-    /// The relay's lease was revoked (by the escrow or an operator).
-    pub fn handle_lease_revoked(&mut self, relay: RelayKey, reason: &str, now: Instant) {
+    /// A lease was revoked (by the escrow or an operator). A late notice
+    /// about an older epoch does not touch the current lease.
+    pub fn handle_lease_revoked(
+        &mut self,
+        lease: LeaseId,
+        reason: &str,
+        now: Instant,
+    ) -> Result<(), GatewayError> {
         let reason = EndReason::Revoked {
             reason: reason.to_owned(),
         };
-        self.leases.end_relay(&relay, reason, now);
+        let result = self.leases.end(lease, reason, now);
         self.pump(now);
+        Ok(result?)
     }
 
     /// The process is stopping: end every lease so the adapter wipes the keys.
@@ -167,9 +189,17 @@ impl Gateway {
             .iter()
             .filter(|peer| self.health.health_of(peer) == PeerHealth::Healthy)
             .count();
+        // A worker never seen since this process started was last healthy no
+        // later than the start: report that lower bound, not nothing (which the
+        // policy rightly reads as missing evidence).
         let last_healthy = workers
             .iter()
-            .filter_map(|peer| self.health.peer(peer).and_then(|s| s.last_healthy_at))
+            .map(|peer| {
+                self.health
+                    .peer(peer)
+                    .and_then(|s| s.last_healthy_at)
+                    .unwrap_or(self.anchor.0)
+            })
             .max();
         let freshness = self.health.mirror_freshness(relay, now);
         Evidence {
@@ -194,7 +224,10 @@ impl Gateway {
         if let Some(lease) = self.leases.active(&relay, now) {
             let epoch = lease.id.epoch;
             return match self.leases.check_write(&relay, epoch, now) {
-                Ok(_) => WriteVerdict::Append { epoch },
+                Ok(_) => {
+                    self.begin_append(relay);
+                    WriteVerdict::Append { epoch }
+                }
                 Err(error) => WriteVerdict::ReadOnly {
                     reason: error.to_string(),
                 },
@@ -303,19 +336,35 @@ impl Gateway {
         let relay = done.relay_key;
         let status = if self.serves(&peer, &relay) {
             let unix = self.unix_time(now);
-            match self
-                .push
-                .handle_resync_complete(relay, done.resynced_through, unix, now)
-            {
-                Ok(ResyncOutcome::Clearing | ResyncOutcome::AlreadyClearing) => {
-                    // Cannot fail: `serves` proved the relay is registered.
-                    let _ = self.registry.clear_pending(&relay, unix);
-                    self.leases.end_relay(&relay, EndReason::WorkerResync, now);
-                    ResyncStatus::Cleared
+            let appending = self.appends_in_flight.get(&relay).copied().unwrap_or(0) > 0;
+            let nothing_pending = self
+                .registry
+                .relay(&relay)
+                .is_some_and(|record| !record.pending.pending);
+            if appending {
+                // A write is being appended under the lease right now: the
+                // worker's view cannot be final yet; its mark pushes again.
+                ResyncStatus::StillPending
+            } else if nothing_pending {
+                // Already cleared (a retried report): the answer stays the same.
+                self.leases.end_relay(&relay, EndReason::WorkerResync, now);
+                ResyncStatus::Cleared
+            } else {
+                match self
+                    .push
+                    .handle_resync_complete(relay, done.resynced_through, unix, now)
+                {
+                    Ok(ResyncOutcome::Clearing | ResyncOutcome::AlreadyClearing) => {
+                        // Cannot fail: `serves` proved the relay is registered.
+                        let _ = self.registry.clear_pending(&relay, unix);
+                        self.leases.end_relay(&relay, EndReason::WorkerResync, now);
+                        ResyncStatus::Cleared
+                    }
+                    Ok(ResyncOutcome::StillPending { .. }) => ResyncStatus::StillPending,
+                    // Pending flags without a notice: cannot happen (the mark
+                    // creates the notice); refuse rather than clear blindly.
+                    Err(_) => ResyncStatus::Refused,
                 }
-                Ok(ResyncOutcome::StillPending { .. }) => ResyncStatus::StillPending,
-                // Nothing pending (already cleared, or never marked).
-                Err(_) => ResyncStatus::Refused,
             }
         } else {
             ResyncStatus::Refused
@@ -367,6 +416,7 @@ impl Gateway {
 
     fn release_waiting(&mut self, relay: RelayKey, epoch: u64) {
         for write in self.waiting_writes.remove(&relay).unwrap_or_default() {
+            self.begin_append(relay);
             self.events.push_back(GatewayEvent::WriteReleased {
                 write,
                 relay,
@@ -382,6 +432,19 @@ impl Gateway {
                 relay,
                 reason: reason.to_owned(),
             });
+        }
+    }
+
+    fn begin_append(&mut self, relay: RelayKey) {
+        *self.appends_in_flight.entry(relay).or_default() += 1;
+    }
+
+    fn end_append(&mut self, relay: RelayKey) {
+        if let Some(count) = self.appends_in_flight.get_mut(&relay) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.appends_in_flight.remove(&relay);
+            }
         }
     }
 

@@ -252,3 +252,55 @@ proptest! {
         }
     }
 }
+
+/// Review finding: a lease past expiry whose timer had not run yet was
+/// replaced by a new grant without its `Ended` event (no vault wipe).
+#[test]
+fn an_expired_lease_is_reported_ended_before_a_new_one_replaces_it() {
+    let t0 = test_start();
+    let mut gateway = LeaseTable::new(config());
+    let mut escrow = LeaseTable::new(config());
+    gateway.request(RELAY, t0);
+    let first = escrow.issue(RELAY, GATEWAY, "e", t0).unwrap();
+    gateway.handle_grant(first.clone(), t0).unwrap();
+    drain(&mut gateway);
+    let expiry = first.expires_at;
+    assert_eq!(gateway.request(RELAY, expiry), RequestOutcome::Started);
+    let events = drain(&mut gateway);
+    assert!(events.contains(&LeaseEvent::Ended {
+        id: first.id,
+        reason: EndReason::Expired
+    }));
+    let second = escrow.issue(RELAY, GATEWAY, "e", expiry).unwrap();
+    gateway.handle_grant(second.clone(), expiry).unwrap();
+    assert_eq!(gateway.history().last().map(|l| l.id), Some(first.id));
+    assert_eq!(gateway.check_write(&RELAY, 2, expiry), Ok(second.id));
+}
+
+/// Review finding: a renewal in flight for a lease that then ended made new
+/// writes wait on a request that could only fail.
+#[test]
+fn a_renewal_in_flight_for_an_ended_lease_does_not_block_a_new_request() {
+    let t0 = test_start();
+    let mut gateway = LeaseTable::new(config());
+    let mut escrow = LeaseTable::new(config());
+    gateway.request(RELAY, t0);
+    let grant = escrow.issue(RELAY, GATEWAY, "e", t0).unwrap();
+    gateway.handle_grant(grant.clone(), t0).unwrap();
+    assert_eq!(gateway.request_renewal(RELAY, t0), RequestOutcome::Started);
+    gateway.end(grant.id, EndReason::PeerHealthy, t0).unwrap();
+    assert!(!gateway.is_requested(&RELAY));
+    assert_eq!(gateway.request(RELAY, t0), RequestOutcome::Started);
+}
+
+#[test]
+fn an_exhausted_epoch_counter_is_an_error_not_a_wrap() {
+    let t0 = test_start();
+    let mut table = LeaseTable::new(config());
+    table.restore_epoch(RELAY, u64::MAX);
+    assert_eq!(
+        table.issue(RELAY, GATEWAY, "e", t0),
+        Err(LeaseError::EpochExhausted(RELAY))
+    );
+    assert_eq!(table.current_epoch(&RELAY), u64::MAX);
+}

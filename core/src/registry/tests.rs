@@ -184,6 +184,36 @@ fn clear_keeps_only_the_drive_version() {
     assert_eq!(pending.drive_version, Some(7));
 }
 
+/// Review finding: a write in the same millisecond as the clear looked no
+/// newer than the `cleared` notice, so workers dropped its push.
+#[test]
+fn a_mark_after_a_clear_is_newer_than_the_clear_even_within_one_millisecond() {
+    let mut registry = Registry::new();
+    registry.handle_registration(worker(1), &registration(relay(1), None, &[]), UnixTime(1));
+    let marked = registry
+        .mark_pending(&relay(1), event_mark(), UnixTime(50))
+        .unwrap()
+        .updated_at
+        .unwrap();
+    registry.clear_pending(&relay(1), UnixTime(50)).unwrap();
+    let cleared = registry
+        .relay(&relay(1))
+        .unwrap()
+        .pending
+        .updated_at
+        .unwrap();
+    assert!(
+        cleared > marked,
+        "the cleared notice is newer than the last mark"
+    );
+    let next = registry
+        .mark_pending(&relay(1), event_mark(), UnixTime(50))
+        .unwrap()
+        .updated_at
+        .unwrap();
+    assert!(next > cleared);
+}
+
 #[test]
 fn pending_flags_serialise_with_the_original_field_names() {
     let pending = PendingWrites {

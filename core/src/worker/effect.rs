@@ -164,6 +164,14 @@ pub enum EffectOutput {
         /// The deposit id.
         escrow_id: String,
     },
+    /// [`EffectKind::SendResyncComplete`]: the gateway's answer (`ResyncAck`).
+    /// `cleared: true` (like [`EffectOutput::Done`]) lets the rotation run;
+    /// `cleared: false` means a gateway write landed after `resynced_through`,
+    /// so the rotation waits for the job covering the newer notice.
+    ResyncAnswered {
+        /// Whether the gateway cleared the relay's pending writes.
+        cleared: bool,
+    },
 }
 
 impl EffectOutput {
@@ -175,6 +183,7 @@ impl EffectOutput {
             EffectOutput::Ingested { .. } => "ingested",
             EffectOutput::WriterKey { .. } => "writer-key",
             EffectOutput::Deposited { .. } => "deposited",
+            EffectOutput::ResyncAnswered { .. } => "resync-answered",
         }
     }
 }

@@ -23,9 +23,10 @@ pub(super) enum Step {
         through: UnixTime,
     },
     GenerateKey,
+    /// Remove the old gateway writer at the length the latest ingest reached
+    /// (read at hand-out, after the revoke and the re-ingest), add the new one.
     AppendOwnerOps {
         old: [u8; 32],
-        final_length: u64,
         new: [u8; 32],
     },
     Revoke {
@@ -56,15 +57,11 @@ impl Step {
                 gateway_writer_length: writer_length,
             },
             Step::GenerateKey => EffectKind::GenerateWriterKey,
-            Step::AppendOwnerOps {
-                old,
-                final_length,
-                new,
-            } => EffectKind::AppendOwnerOps {
+            Step::AppendOwnerOps { old, new } => EffectKind::AppendOwnerOps {
                 ops: vec![
                     OwnerOp::RemoveWriter {
                         key: *old,
-                        final_length: *final_length,
+                        final_length: writer_length,
                     },
                     OwnerOp::AddWriter { key: *new },
                 ],
@@ -124,6 +121,10 @@ pub(super) struct Job {
     /// The rotation, once the job reached it. From then on the job holds irreversible progress
     /// (a generated key, owner ops) and is resumed, never rebuilt.
     pub(super) rotation: Option<RotationRecord>,
+    /// The gateway answered the resync-complete with "still pending": a write
+    /// landed after this job's notice, so the old writer is not final yet and
+    /// the rotation waits for the job that covers the newer notice.
+    pub(super) rotation_deferred: bool,
 }
 
 impl Job {
@@ -176,6 +177,7 @@ impl Job {
             phase: Phase::Ready,
             failures: 0,
             running: false,
+            rotation_deferred: false,
             rotation: None,
         }
     }

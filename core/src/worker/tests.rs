@@ -93,10 +93,13 @@ fn names(effects: &[Effect]) -> Vec<&'static str> {
     effects.iter().map(|effect| effect.kind.name()).collect()
 }
 
-const ROTATION: [&str; 4] = [
+/// The rotation: the old deposit is revoked and the old writer ingested once
+/// more before it is removed, so its final length covers every gateway write.
+const ROTATION: [&str; 5] = [
     "generate-writer-key",
-    "append-owner-ops",
     "revoke-deposit",
+    "ingest-gateway-events",
+    "append-owner-ops",
     "deposit-writer-key",
 ];
 
@@ -328,22 +331,7 @@ fn rotation_removes_the_old_writer_at_the_ingested_length_and_deposits_a_new_key
             t1,
         )
         .unwrap();
-    let append = worker.poll_effect().unwrap();
-    assert_eq!(
-        append.kind,
-        EffectKind::AppendOwnerOps {
-            ops: vec![
-                OwnerOp::RemoveWriter {
-                    key: OLD_WRITER,
-                    final_length: 17
-                },
-                OwnerOp::AddWriter { key: new_key },
-            ]
-        }
-    );
-    worker
-        .handle_effect_result(append.id, Ok(EffectOutput::Done), t1)
-        .unwrap();
+    // The old deposit is revoked first, so no new lease writes to the old writer…
     let revoke = worker.poll_effect().unwrap();
     assert_eq!(
         revoke.kind,
@@ -354,6 +342,40 @@ fn rotation_removes_the_old_writer_at_the_ingested_length_and_deposits_a_new_key
     );
     worker
         .handle_effect_result(revoke.id, Ok(EffectOutput::Done), t1)
+        .unwrap();
+    // …then the old writer is read once more: a gateway write made under a
+    // lease since the resync (length 17 → 19) is inside the final length.
+    let reingest = worker.poll_effect().unwrap();
+    assert_eq!(
+        reingest.kind,
+        EffectKind::IngestGatewayEvents {
+            gateway_writer: OLD_WRITER
+        }
+    );
+    worker
+        .handle_effect_result(
+            reingest.id,
+            Ok(EffectOutput::Ingested {
+                gateway_writer_length: 19,
+            }),
+            t1,
+        )
+        .unwrap();
+    let append = worker.poll_effect().unwrap();
+    assert_eq!(
+        append.kind,
+        EffectKind::AppendOwnerOps {
+            ops: vec![
+                OwnerOp::RemoveWriter {
+                    key: OLD_WRITER,
+                    final_length: 19
+                },
+                OwnerOp::AddWriter { key: new_key },
+            ]
+        }
+    );
+    worker
+        .handle_effect_result(append.id, Ok(EffectOutput::Done), t1)
         .unwrap();
     let deposit = worker.poll_effect().unwrap();
     assert_eq!(
@@ -390,7 +412,8 @@ fn rotation_removes_the_old_writer_at_the_ingested_length_and_deposits_a_new_key
     assert_eq!((record.started_at, record.completed_at), (t0, Some(t2)));
     assert!(drain(&mut worker).contains(&WorkerEvent::RotationCompleted { record }));
 
-    // The next rotation removes the new writer, which starts from length 0.
+    // The next rotation removes the new writer at what its re-ingest found
+    // (`run_all` answers every ingest with length 10).
     let _ = worker.handle_push(GATEWAY, &pending(200, &[PendingType::Drive]), t2);
     let effects = run_all(&mut worker, t2);
     let append = effects
@@ -400,7 +423,7 @@ fn rotation_removes_the_old_writer_at_the_ingested_length_and_deposits_a_new_key
     assert!(matches!(
         &append.kind,
         EffectKind::AppendOwnerOps { ops }
-            if ops[0] == OwnerOp::RemoveWriter { key: new_key, final_length: 0 }
+            if ops[0] == OwnerOp::RemoveWriter { key: new_key, final_length: 10 }
     ));
     let revoke = effects
         .iter()
@@ -427,6 +450,7 @@ fn rotation_without_a_previous_deposit_skips_the_revoke() {
         vec![
             "send-resync-complete",
             "generate-writer-key",
+            "ingest-gateway-events",
             "append-owner-ops",
             "deposit-writer-key"
         ]
@@ -616,9 +640,10 @@ fn errored_job_resumes_on_the_next_push_or_reconnect() {
             t0,
         )
         .unwrap();
-    let append = worker.poll_effect().unwrap();
+    let revoke = worker.poll_effect().unwrap();
+    assert_eq!(revoke.kind.name(), "revoke-deposit");
     worker
-        .handle_effect_result(append.id, Err("owner log busy".into()), t0)
+        .handle_effect_result(revoke.id, Err("owner log busy".into()), t0)
         .unwrap();
     assert_eq!(worker.job_state(&RELAY), Some(JobState::Error));
     assert_eq!(
@@ -636,7 +661,12 @@ fn errored_job_resumes_on_the_next_push_or_reconnect() {
     let effects = run_all(&mut worker, t0);
     assert_eq!(
         names(&effects),
-        vec!["append-owner-ops", "revoke-deposit", "deposit-writer-key"]
+        vec![
+            "revoke-deposit",
+            "ingest-gateway-events",
+            "append-owner-ops",
+            "deposit-writer-key"
+        ]
     );
     assert_eq!(worker.current_writer(&RELAY), Some([50; 32]));
     let record = worker.rotations().last().unwrap();
@@ -699,9 +729,9 @@ fn failed_rotation_is_resumed_not_restarted_by_a_newer_push() {
             t0,
         )
         .unwrap();
-    let append = worker.poll_effect().unwrap();
+    let revoke = worker.poll_effect().unwrap();
     worker
-        .handle_effect_result(append.id, Err("x".into()), t0)
+        .handle_effect_result(revoke.id, Err("x".into()), t0)
         .unwrap();
     assert_eq!(worker.job_state(&RELAY), Some(JobState::Error));
     // The key [70; 32] may already be a member: the rotation finishes with it, then the newer
@@ -709,8 +739,9 @@ fn failed_rotation_is_resumed_not_restarted_by_a_newer_push() {
     let _ = worker.handle_push(GATEWAY, &pending(200, &[]), t0);
     let effects = run_all(&mut worker, t0);
     let mut expected = vec![
-        "append-owner-ops",
         "revoke-deposit",
+        "ingest-gateway-events",
+        "append-owner-ops",
         "deposit-writer-key",
         "send-resync-complete",
     ];
@@ -718,7 +749,7 @@ fn failed_rotation_is_resumed_not_restarted_by_a_newer_push() {
     assert_eq!(names(&effects), expected);
     assert_eq!(resync_throughs(&effects), vec![200]);
     assert_eq!(
-        effects[2].kind,
+        effects[3].kind,
         EffectKind::DepositWriterKey {
             writer_public: [70; 32]
         }
@@ -834,9 +865,10 @@ fn push_for_an_unknown_relay_is_ignored_without_state() {
         PushAck {
             push_id: 1000,
             relay_key: OTHER,
-            updated_at: UnixTime(100),
+            updated_at: UnixTime(0),
             status: AckStatus::Noop
-        }
+        },
+        "the ack echoes no updated_at, so the gateway does not count it"
     );
     assert_eq!(
         drain(&mut worker),
@@ -896,10 +928,11 @@ fn reconnect_after_a_newer_lease_epoch_rotates_once() {
         ROTATION.to_vec(),
         "no resync-complete: nothing was pending"
     );
+    // The re-ingest after the revoke (answered with length 10) sets the final length.
     assert!(matches!(
-        &effects[1].kind,
+        &effects[3].kind,
         EffectKind::AppendOwnerOps { ops }
-            if ops[0] == OwnerOp::RemoveWriter { key: OLD_WRITER, final_length: 8 }
+            if ops[0] == OwnerOp::RemoveWriter { key: OLD_WRITER, final_length: 10 }
     ));
     let record = worker.rotations().last().unwrap();
     assert_eq!(
@@ -1159,10 +1192,13 @@ impl Harness {
                 };
                 let push = notice(relay_of(relay), updated_at, state, &types_of(types), lease);
                 let ack = self.worker.handle_push(GATEWAY, &push, self.now);
-                prop_assert_eq!(
-                    (ack.push_id, ack.updated_at),
-                    (push.push_id, push.updated_at)
-                );
+                // An unknown relay's ack echoes no `updated_at`, so it acks nothing.
+                let echoed = if relay < 2 {
+                    push.updated_at
+                } else {
+                    UnixTime(0)
+                };
+                prop_assert_eq!((ack.push_id, ack.updated_at), (push.push_id, echoed));
                 if ack.status == AckStatus::Accepted {
                     prop_assert!(relay < 2, "accepted a push for an unknown relay");
                     self.accepted
@@ -1295,4 +1331,75 @@ proptest! {
         let ids: BTreeSet<EffectId> = harness.answered.iter().copied().collect();
         prop_assert_eq!(ids.len(), harness.answered.len(), "an effect id was reused");
     }
+}
+
+/// Review finding: rotating after a resync-complete the gateway answered
+/// "still pending" would fix the old writer's final length before a gateway
+/// write that landed meanwhile, cutting it off.
+#[test]
+fn a_still_pending_answer_defers_the_rotation_to_the_job_for_the_newer_notice() {
+    let t0 = test_start();
+    let mut worker = worker();
+    let _ = worker.handle_push(GATEWAY, &pending(100, &[PendingType::Event]), t0);
+    let ingest = worker.poll_effect().unwrap();
+    worker
+        .handle_effect_result(
+            ingest.id,
+            Ok(EffectOutput::Ingested {
+                gateway_writer_length: 1,
+            }),
+            t0,
+        )
+        .unwrap();
+    let resync = worker.poll_effect().unwrap();
+    assert_eq!(resync.kind.name(), "send-resync-complete");
+    worker
+        .handle_effect_result(
+            resync.id,
+            Ok(EffectOutput::ResyncAnswered { cleared: false }),
+            t0,
+        )
+        .unwrap();
+    assert!(
+        worker.poll_effect().is_none(),
+        "no rotation on a still-pending answer"
+    );
+    assert_eq!(worker.job_state(&RELAY), Some(JobState::Completed));
+
+    // The newer notice runs the job again; this time the gateway clears.
+    let _ = worker.handle_push(GATEWAY, &pending(200, &[PendingType::Event]), t0);
+    let ingest = worker.poll_effect().unwrap();
+    worker
+        .handle_effect_result(
+            ingest.id,
+            Ok(EffectOutput::Ingested {
+                gateway_writer_length: 2,
+            }),
+            t0,
+        )
+        .unwrap();
+    let resync = worker.poll_effect().unwrap();
+    worker
+        .handle_effect_result(
+            resync.id,
+            Ok(EffectOutput::ResyncAnswered { cleared: true }),
+            t0,
+        )
+        .unwrap();
+    let effects = run_all(&mut worker, t0);
+    assert_eq!(names(&effects), ROTATION);
+    let remove = effects.iter().find_map(|effect| match &effect.kind {
+        EffectKind::AppendOwnerOps { ops } => ops.iter().find_map(|op| match op {
+            OwnerOp::RemoveWriter { final_length, .. } => Some(*final_length),
+            _ => None,
+        }),
+        _ => None,
+    });
+    // The final length comes from the re-ingest after the revoke (`run_all`
+    // answers 10), never from before the later write (2 would cut it off).
+    assert_eq!(
+        remove,
+        Some(10),
+        "the old writer ends after the later write"
+    );
 }

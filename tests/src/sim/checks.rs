@@ -172,10 +172,16 @@ impl Sim {
     /// Invariants 2 and 4 once everything is healed and quiet.
     pub(crate) fn check_final(&self) -> Result<(), String> {
         for write in &self.accepted {
-            let resynced = self
-                .workers
-                .iter()
-                .any(|worker| worker.relay == write.relay && worker.store.contains(&write.id));
+            // Counted in the worker's view: ingested, and within the final
+            // length of its writer if that writer was removed by a rotation.
+            let resynced = self.workers.iter().any(|worker| {
+                worker.relay == write.relay
+                    && worker.store.contains(&write.id)
+                    && worker
+                        .final_lengths
+                        .get(&write.writer)
+                        .is_none_or(|final_length| write.index < *final_length)
+            });
             if !resynced {
                 return Err(format!(
                     "invariant 2: accepted write {} of relay {} never reached its worker",

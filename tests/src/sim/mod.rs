@@ -153,6 +153,9 @@ pub(crate) enum EscrowRequest {
     },
     Deposit {
         input: DepositInput,
+        /// The public half of the deposited writer key (inside the sealed
+        /// package in the real protocol).
+        writer: [u8; 32],
     },
 }
 
@@ -170,6 +173,9 @@ pub(crate) enum EscrowAnswer {
 pub(crate) struct AcceptedWrite {
     pub(crate) relay: RelayKey,
     pub(crate) id: u64,
+    /// The gateway writer log it was appended to, and its index there.
+    pub(crate) writer: [u8; 32],
+    pub(crate) index: u64,
 }
 
 /// The reference model: plain maps, no timers.
@@ -189,8 +195,10 @@ pub(crate) struct Sim {
     gateway_config: GatewayConfig,
     pub(crate) escrow: Escrow,
     pub(crate) workers: Vec<SimWorker>,
-    /// The gateway writer log of each relay: the ids of events appended under a lease.
-    pub(crate) gateway_log: BTreeMap<RelayKey, Vec<u64>>,
+    /// The gateway writer logs, by writer key: the ids of events appended under a lease.
+    pub(crate) gateway_logs: BTreeMap<[u8; 32], Vec<u64>>,
+    /// The writer key each escrow deposit holds.
+    pub(crate) writer_of_deposit: BTreeMap<String, [u8; 32]>,
     /// Which escrow deposit (and so which writer key) each appended write used.
     pub(crate) accepted: BTreeSet<AcceptedWrite>,
     pub(crate) sessions: BTreeMap<SessionId, RelayKey>,
@@ -314,7 +322,8 @@ impl Sim {
             gateway_config,
             escrow,
             workers,
-            gateway_log: BTreeMap::new(),
+            gateway_logs: BTreeMap::new(),
+            writer_of_deposit: BTreeMap::new(),
             accepted: BTreeSet::new(),
             sessions: BTreeMap::new(),
             waiting: BTreeMap::new(),
@@ -351,6 +360,7 @@ impl Sim {
         };
         if self.escrow.handle_deposit(input, self.now).is_ok() {
             let writer = worker.current_writer;
+            self.writer_of_deposit.insert(escrow_id.clone(), writer);
             self.workers[index].register_with_core(writer, Some(escrow_id));
         }
         self.drain_escrow();
@@ -656,8 +666,28 @@ impl Sim {
     /// A write passed the fence: check it, append it, mark it pending.
     fn accept_write(&mut self, relay: RelayKey, write: WriteId, epoch: u64) -> Result<(), String> {
         self.check_write_acceptance(&relay, epoch)?;
-        self.gateway_log.entry(relay).or_default().push(write.0);
-        self.accepted.insert(AcceptedWrite { relay, id: write.0 });
+        // The write goes to the log of the writer key the lease unlocked.
+        let writer = self
+            .gateway
+            .leases()
+            .current(&relay)
+            .and_then(|lease| self.writer_of_deposit.get(&lease.escrow_id))
+            .copied()
+            .ok_or_else(|| {
+                format!(
+                    "no writer key known for the lease of relay {}",
+                    relay.short()
+                )
+            })?;
+        let log = self.gateway_logs.entry(writer).or_default();
+        let index = log.len() as u64;
+        log.push(write.0);
+        self.accepted.insert(AcceptedWrite {
+            relay,
+            id: write.0,
+            writer,
+            index,
+        });
         self.count("write-accepted");
         let mark = PendingMark {
             kind: PendingType::Event,
@@ -959,8 +989,7 @@ impl Sim {
                     .current(&id.relay)
                     .is_some_and(|lease| lease.id == id) =>
             {
-                self.gateway
-                    .handle_lease_revoked(id.relay, reason.as_str(), now);
+                let _ = self.gateway.handle_lease_revoked(id, reason.as_str(), now);
             }
             (Node::Worker(index), Payload::EscrowAnswer { call, answer }) => {
                 self.workers[index].on_escrow_answer(call, answer, now);
@@ -1016,12 +1045,18 @@ impl Sim {
                 );
                 EscrowAnswer::Revoked
             }
-            EscrowRequest::Deposit { input } => match self.escrow.handle_deposit(input, now) {
-                Ok(record) => EscrowAnswer::Deposited {
-                    escrow_id: record.escrow_id,
-                },
-                Err(error) => EscrowAnswer::Failed(error.to_string()),
-            },
+            EscrowRequest::Deposit { input, writer } => {
+                match self.escrow.handle_deposit(input, now) {
+                    Ok(record) => {
+                        self.writer_of_deposit
+                            .insert(record.escrow_id.clone(), writer);
+                        EscrowAnswer::Deposited {
+                            escrow_id: record.escrow_id,
+                        }
+                    }
+                    Err(error) => EscrowAnswer::Failed(error.to_string()),
+                }
+            }
         };
         self.drain_escrow();
         Some(answer)
@@ -1055,7 +1090,7 @@ impl Sim {
             let connected = self.net.connected(Node::Gateway, Node::Worker(index));
             let skip_ingest = self.config.faults.workers_skip_ingest;
             let outputs = self.workers[index].run_effects(
-                &self.gateway_log,
+                &self.gateway_logs,
                 connected,
                 skip_ingest,
                 &mut self.next_call,

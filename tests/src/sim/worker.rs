@@ -16,9 +16,11 @@ use hypergate_core::ids::{PeerId, RelayKey};
 use hypergate_core::time::UnixTime;
 use hypergate_core::wire::{
     BoundedString, BoundedVec, EscrowRegistration, Frame, Heartbeat, Message, RegisterRelays,
-    RelayMetadata, RelayRegistration, ResyncComplete,
+    RelayMetadata, RelayRegistration, ResyncComplete, ResyncStatus,
 };
-use hypergate_core::worker::{EffectId, EffectKind, EffectOutput, WorkerConfig, WorkerCore};
+use hypergate_core::worker::{
+    EffectId, EffectKind, EffectOutput, OwnerOp, WorkerConfig, WorkerCore,
+};
 
 use super::{EscrowAnswer, EscrowRequest, GATEWAY_ID, SimConfig};
 
@@ -51,11 +53,15 @@ pub(crate) struct SimWorker {
     pub(crate) store: BTreeSet<u64>,
     /// Events clients wrote through the worker itself (forwarded writes).
     pub(crate) own_events: u64,
+    /// Gateway writers removed from the relay, with the length they count up to.
+    pub(crate) final_lengths: BTreeMap<[u8; 32], u64>,
     pub(crate) current_writer: [u8; 32],
     pub(crate) escrow_id: Option<String>,
     waiting: BTreeMap<EffectId, (Waiting, Instant)>,
     results: Vec<(EffectId, Result<EffectOutput, String>)>,
     keys_generated: u64,
+    /// Print effects to stderr (`SIM_TRACE=1`).
+    trace: bool,
     deposits_made: u64,
     next_request: u64,
 }
@@ -79,11 +85,13 @@ impl SimWorker {
             seq: 0,
             store: BTreeSet::new(),
             own_events: 0,
+            final_lengths: BTreeMap::new(),
             current_writer: writer,
             escrow_id: None,
             waiting: BTreeMap::new(),
             results: Vec::new(),
             keys_generated: 0,
+            trace: std::env::var_os("SIM_TRACE").is_some(),
             deposits_made: 0,
             next_request: 1,
         }
@@ -114,10 +122,23 @@ impl SimWorker {
     }
 
     pub(crate) fn restart_with_identity(&mut self, peer: PeerId, now: Instant) {
+        // What the worker persists about its relay survives the new identity:
+        // the current gateway writer, its deposit, and the last rotated epoch.
+        // A job in flight does not: the gateway pushes its notice again.
+        let writer = self
+            .core
+            .current_writer(&self.relay)
+            .unwrap_or(self.current_writer);
+        let escrow_id = self
+            .core
+            .current_escrow_id(&self.relay)
+            .map(str::to_owned)
+            .or_else(|| self.escrow_id.clone());
+        let rotated = self.core.rotated_epoch(&self.relay).unwrap_or(0);
         self.peer = peer;
         self.core = WorkerCore::new(WorkerConfig::default(), peer, self.seed ^ peer.0[0] as u64);
-        self.core
-            .register_relay(self.relay, self.current_writer, self.escrow_id.clone());
+        self.register_with_core(writer, escrow_id);
+        let _ = self.core.restore_rotated_epoch(self.relay, rotated);
         self.waiting.clear();
         self.results.clear();
         self.restart(now);
@@ -218,7 +239,7 @@ impl SimWorker {
                 self.own_events += 1;
                 Vec::new()
             }
-            Message::ResyncAck(_) => {
+            Message::ResyncAck(answer) => {
                 let answered = self
                     .waiting
                     .iter()
@@ -230,7 +251,14 @@ impl SimWorker {
                     });
                 if let Some(id) = answered {
                     self.waiting.remove(&id);
-                    self.results.push((id, Ok(EffectOutput::Done)));
+                    let result = match answer.status {
+                        ResyncStatus::Cleared => Ok(EffectOutput::ResyncAnswered { cleared: true }),
+                        ResyncStatus::StillPending => {
+                            Ok(EffectOutput::ResyncAnswered { cleared: false })
+                        }
+                        ResyncStatus::Refused => Err("resync-complete refused".to_owned()),
+                    };
+                    self.results.push((id, result));
                 }
                 Vec::new()
             }
@@ -268,7 +296,7 @@ impl SimWorker {
     /// Feeds results to the core and performs the effects it asks for.
     pub(crate) fn run_effects(
         &mut self,
-        gateway_log: &BTreeMap<RelayKey, Vec<u64>>,
+        gateway_logs: &BTreeMap<[u8; 32], Vec<u64>>,
         gateway_reachable: bool,
         skip_ingest: bool,
         next_call: &mut u64,
@@ -287,10 +315,16 @@ impl SimWorker {
             }
             while let Some(effect) = self.core.poll_effect() {
                 progressed = true;
+                if self.trace {
+                    eprintln!("          worker {} effect {:?}", self.index, effect.kind);
+                }
                 match effect.kind {
-                    EffectKind::IngestGatewayEvents { .. } => {
+                    EffectKind::IngestGatewayEvents { gateway_writer } => {
                         let result = if gateway_reachable {
-                            let log = gateway_log.get(&effect.relay).cloned().unwrap_or_default();
+                            let log = gateway_logs
+                                .get(&gateway_writer)
+                                .cloned()
+                                .unwrap_or_default();
                             if !skip_ingest {
                                 self.store.extend(log.iter().copied());
                             }
@@ -333,7 +367,12 @@ impl SimWorker {
                         self.results
                             .push((effect.id, Ok(EffectOutput::WriterKey { public })));
                     }
-                    EffectKind::AppendOwnerOps { .. } => {
+                    EffectKind::AppendOwnerOps { ops } => {
+                        for op in ops {
+                            if let OwnerOp::RemoveWriter { key, final_length } = op {
+                                self.final_lengths.insert(key, final_length);
+                            }
+                        }
                         self.results.push((effect.id, Ok(EffectOutput::Done)));
                     }
                     EffectKind::RevokeDeposit { escrow_id, .. } => {
@@ -346,7 +385,7 @@ impl SimWorker {
                             EscrowRequest::Revoke { escrow_id },
                         ));
                     }
-                    EffectKind::DepositWriterKey { .. } => {
+                    EffectKind::DepositWriterKey { writer_public } => {
                         self.deposits_made += 1;
                         let call = *next_call;
                         *next_call += 1;
@@ -365,7 +404,13 @@ impl SimWorker {
                         };
                         self.waiting
                             .insert(effect.id, (Waiting::Escrow { call }, now + EFFECT_TIMEOUT));
-                        outputs.push(Output::EscrowCall(call, EscrowRequest::Deposit { input }));
+                        outputs.push(Output::EscrowCall(
+                            call,
+                            EscrowRequest::Deposit {
+                                input,
+                                writer: writer_public,
+                            },
+                        ));
                     }
                 }
             }
