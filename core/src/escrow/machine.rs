@@ -518,6 +518,11 @@ impl Escrow {
         }
         match plan.action {
             UnlockAction::Issue { .. } => {
+                // A lease that ran out but whose timer has not fired yet ends
+                // (and is audited with its own deposit and time) before the
+                // new one replaces it.
+                self.leases.handle_timeout(now);
+                self.drain_leases(None);
                 let grant =
                     self.leases
                         .issue(relay, plan.request.requester, &plan.escrow_id, now)?;

@@ -1032,3 +1032,29 @@ proptest! {
         }
     }
 }
+
+/// Review finding: a new lease issued after the old one ran out, but before
+/// its timer fired, audited the old lease's expiry with an empty escrow id.
+#[test]
+fn an_expired_lease_is_audited_with_its_own_deposit_before_the_next_unlock() {
+    let policy = PolicyConfig {
+        max_unlocks_per_lease: 2,
+        ..PolicyConfig::default()
+    };
+    let mut f = Fixture::with_policy(policy);
+    f.deposit("escrow_1", RELAY, f.t0);
+    let first = f.issue(GATEWAY, RELAY, f.at(60));
+    // The owner rotates meanwhile: the next lease comes from another deposit.
+    f.deposit("escrow_2", RELAY, f.at(61));
+    f.drain();
+    // No handle_timeout: the next unlock comes right at the expiry.
+    let second = f.issue(GATEWAY, RELAY, f.at(60) + TTL);
+    assert_eq!(second.id.epoch, first.id.epoch + 1);
+    let audit = f.drain_audit();
+    let expired = audit
+        .iter()
+        .position(|record| record.kind == AuditKind::LeaseExpired)
+        .expect("the old lease's expiry is audited");
+    assert_eq!(audit[expired].escrow_id, "escrow_1");
+    assert_eq!(audit[expired].lease_id, Some(first.id));
+}
