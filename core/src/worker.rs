@@ -941,7 +941,12 @@ impl WorkerCore {
             list(&mut self.ready, relay, entry);
             return;
         }
-        if job.rotation.is_none() && !job.rotation_deferred {
+        // Every lease this worker knows of was already answered by a rotation
+        // (e.g. a reconnect rotation just ran for it): the current key was
+        // never leased, so rotating again would only churn deposits.
+        let already_rotated =
+            entry.observed_epoch > 0 && entry.observed_epoch <= entry.rotated_epoch;
+        if job.rotation.is_none() && !job.rotation_deferred && !already_rotated {
             let record = RotationRecord {
                 rotation_id: self.next_rotation,
                 relay,

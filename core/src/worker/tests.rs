@@ -1403,3 +1403,51 @@ fn a_still_pending_answer_defers_the_rotation_to_the_job_for_the_newer_notice() 
         "the old writer ends after the later write"
     );
 }
+
+/// Seen in simulation traces: a reconnect rotation for lease 3, then the
+/// pending notice written under lease 3 ran its own rotation again.
+#[test]
+fn a_resync_for_a_lease_already_rotated_does_not_rotate_again() {
+    let t0 = test_start();
+    let mut worker = worker();
+    worker.handle_lease_observed(RELAY, 3, t0).unwrap();
+    worker.handle_gateway_connected(t0);
+    let effects = run_all(&mut worker, t0);
+    let mut expected = vec!["ingest-gateway-events"];
+    expected.extend(ROTATION);
+    assert_eq!(
+        names(&effects),
+        expected,
+        "the reconnect rotation for lease 3"
+    );
+    assert_eq!(worker.rotations().count(), 1);
+
+    let push = notice(
+        RELAY,
+        100,
+        PendingState::Pending,
+        &[PendingType::Event],
+        Some(3),
+    );
+    let _ = worker.handle_push(GATEWAY, &push, t0);
+    let effects = run_all(&mut worker, t0);
+    assert_eq!(
+        names(&effects),
+        vec!["ingest-gateway-events", "send-resync-complete"],
+        "resynced, but lease 3 is already answered by a rotation"
+    );
+    assert_eq!(worker.rotations().count(), 1);
+
+    // A write under a newer lease does rotate.
+    let push = notice(
+        RELAY,
+        200,
+        PendingState::Pending,
+        &[PendingType::Event],
+        Some(4),
+    );
+    let _ = worker.handle_push(GATEWAY, &push, t0);
+    let effects = run_all(&mut worker, t0);
+    assert!(names(&effects).contains(&"generate-writer-key"));
+    assert_eq!(worker.rotations().count(), 2);
+}
