@@ -53,9 +53,9 @@ use std::collections::BTreeMap;
 use crate::escrow::Evidence;
 use crate::health::{Health, HealthConfig, HealthEvent};
 use crate::ids::{PeerId, RelayKey};
-use crate::lease::{LeaseConfig, LeaseError, LeaseEvent, LeaseTable};
+use crate::lease::{EndReason, LeaseConfig, LeaseError, LeaseEvent, LeaseTable};
 use crate::push::{PushConfig, PushEvent, PushScheduler};
-use crate::registry::{Registry, RegistryError, RegistryEvent};
+use crate::registry::{Registry, RegistryError, RegistryEvent, Removal};
 use crate::router::{
     AttemptId, Router, RouterConfig, RouterError, RouterEvent, SessionId, SessionKind,
 };
@@ -363,6 +363,27 @@ impl Gateway {
         self.pump(now);
     }
 
+    /// A worker stops serving a relay (it unregistered it). The relay stays.
+    pub fn handle_worker_detach(&mut self, worker: PeerId, relay: RelayKey, now: Instant) -> bool {
+        let unix = self.unix_time(now);
+        let detached = self.registry.detach_worker(&relay, &worker, unix);
+        self.pump(now);
+        detached
+    }
+
+    /// An operator removes a relay. With pending writes this needs
+    /// [`Removal::Force`]; the relay's notice and lease are then given up.
+    pub fn handle_relay_removal(
+        &mut self,
+        relay: RelayKey,
+        mode: Removal,
+        now: Instant,
+    ) -> Result<(), GatewayError> {
+        let result = self.registry.remove_relay(&relay, mode);
+        self.pump(now);
+        Ok(result?)
+    }
+
     // ---- inputs: client sessions ----
 
     /// Opens a routed session for the relay a client named (key or alias).
@@ -482,14 +503,29 @@ impl Gateway {
                         let health = self.health.health_of(worker);
                         self.on_worker_of_relay(*relay, health, now);
                     }
-                    RegistryEvent::WorkerDetached { relay, .. }
-                    | RegistryEvent::RelayAdded { relay } => {
+                    RegistryEvent::WorkerDetached { relay, .. } => {
+                        let workers: Vec<PeerId> = self.registry.workers_of(relay).collect();
+                        self.router.handle_relay_peers(*relay, workers, now);
+                        // The push goes to the workers still serving the relay.
+                        let reachable = self.any_worker_up(relay);
+                        self.push.handle_reachability(*relay, reachable, now);
+                    }
+                    RegistryEvent::RelayAdded { relay } => {
                         let workers: Vec<PeerId> = self.registry.workers_of(relay).collect();
                         self.router.handle_relay_peers(*relay, workers, now);
                     }
                     RegistryEvent::RelayRemoved { relay } => {
                         self.router.handle_relay_peers(*relay, Vec::new(), now);
                         self.router.handle_replica_available(*relay, false, now);
+                        // A forced removal gives up the relay's pending notice and lease.
+                        self.push.forget(*relay);
+                        self.leases.end_relay(
+                            relay,
+                            EndReason::Manual {
+                                reason: "relay-removed".into(),
+                            },
+                            now,
+                        );
                     }
                     _ => {}
                 }

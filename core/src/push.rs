@@ -482,6 +482,18 @@ impl PushScheduler {
         outcome
     }
 
+    /// Drops the relay's notice, whatever its state, because the relay itself
+    /// was removed (an operator forced it despite pending writes). Reported as
+    /// [`PushEvent::ClearedAbandoned`] so nothing ends without an event.
+    pub fn forget(&mut self, relay: RelayKey) -> bool {
+        if !self.entries.contains_key(&relay) {
+            return false;
+        }
+        self.remove(relay);
+        self.events.push_back(PushEvent::ClearedAbandoned { relay });
+        true
+    }
+
     /// Whether any worker of `relay` is reachable. Only relays with a notice
     /// are tracked (a new notice brings its own reachability); one that
     /// becomes reachable while waiting on the base cadence is pushed at once.

@@ -180,7 +180,7 @@ mod write_path {
     use super::*;
     use crate::health::PeerHealth;
     use crate::lease::{EndReason, LeaseEvent, LeaseGrant, LeaseId};
-    use crate::registry::PendingMark;
+    use crate::registry::{PendingMark, Removal};
     use crate::wire::{
         EscrowRegistration, PendingState, PendingType, PushAck, ResyncComplete, ResyncStatus,
     };
@@ -577,6 +577,41 @@ mod write_path {
         let evidence = restarted.evidence(&RELAY, restarted_at + Duration::from_secs(60));
         assert_eq!(evidence.last_healthy_at, Some(UnixTime(2_000_000)));
         assert_eq!(evidence.healthy_peer_count, Some(0));
+    }
+
+    /// Review finding: a force-removed relay kept its push notice (retried
+    /// forever) and its lease.
+    #[test]
+    fn forced_removal_gives_up_the_relays_notice_and_lease() {
+        let (mut gateway, session, t0) = offline_relay(true);
+        gateway
+            .handle_client_write(session, WriteId(1), t0)
+            .unwrap();
+        gateway.handle_lease_granted(grant(1, t0), t0).unwrap();
+        gateway
+            .handle_write_appended(RELAY, 1, event_mark(), t0)
+            .unwrap();
+        assert!(matches!(
+            gateway.handle_relay_removal(RELAY, Removal::IfNoPendingWrites, t0),
+            Err(GatewayError::Registry(_))
+        ));
+        gateway
+            .handle_relay_removal(RELAY, Removal::Force, t0)
+            .unwrap();
+        assert!(gateway.push().notice(&RELAY).is_none());
+        assert!(gateway.leases().active(&RELAY, t0).is_none());
+        let (_, events) = drain(&mut gateway);
+        assert!(events.iter().any(|event| matches!(
+            event,
+            GatewayEvent::Push(crate::push::PushEvent::ClearedAbandoned { .. })
+        )));
+        assert!(events.iter().any(|event| matches!(
+            event,
+            GatewayEvent::Lease(LeaseEvent::Ended {
+                reason: EndReason::Manual { .. },
+                ..
+            })
+        )));
     }
 
     #[test]

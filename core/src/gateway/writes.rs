@@ -460,7 +460,7 @@ impl Gateway {
             .any(|peer| self.health.health_of(&peer) == PeerHealth::Healthy)
     }
 
-    fn any_worker_up(&self, relay: &RelayKey) -> bool {
+    pub(super) fn any_worker_up(&self, relay: &RelayKey) -> bool {
         self.registry
             .workers_of(relay)
             .any(|peer| self.health.health_of(&peer) != PeerHealth::Down)
