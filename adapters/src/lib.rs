@@ -7,6 +7,8 @@
 //!
 //! - [`framed`]: the peer link's length-prefixed frames over any byte stream.
 //! - [`clock`]: the one place wall-clock and monotonic time are read.
+//! - [`log`]: signed append-only logs (hypercore) and the proofs that replicate them.
 
 pub mod clock;
 pub mod framed;
+pub mod log;
