@@ -27,12 +27,15 @@
 //! - [`membership`]: [`Membership`], [`WriterStatus`], [`MembershipChange`], [`MembershipError`].
 //! - [`view`]: [`RelayView`], [`Insertion`], [`InsertOutcome`], [`ViewChange`].
 
+pub mod membership;
 pub mod ops;
 
+pub use membership::{Membership, MembershipChange, MembershipError, WriterStatus};
 pub use ops::{EventJson, FORMAT_VERSION, MAX_EVENT_JSON_BYTES, RelayOp, RelayOpError, WriterKey};
 
 // Compile-time check: runtimes move these across threads.
 const _: fn() = || {
     fn assert_send<T: Send>() {}
+    assert_send::<Membership>();
     assert_send::<RelayOp>();
 };
