@@ -27,15 +27,19 @@
 //! - [`membership`]: [`Membership`], [`WriterStatus`], [`MembershipChange`], [`MembershipError`].
 //! - [`view`]: [`RelayView`], [`Insertion`], [`InsertOutcome`], [`ViewChange`].
 
+mod deletion;
 pub mod membership;
 pub mod ops;
+pub mod view;
 
 pub use membership::{Membership, MembershipChange, MembershipError, WriterStatus};
 pub use ops::{EventJson, FORMAT_VERSION, MAX_EVENT_JSON_BYTES, RelayOp, RelayOpError, WriterKey};
+pub use view::{InsertOutcome, Insertion, RelayView, ViewChange};
 
 // Compile-time check: runtimes move these across threads.
 const _: fn() = || {
     fn assert_send<T: Send>() {}
     assert_send::<Membership>();
+    assert_send::<RelayView>();
     assert_send::<RelayOp>();
 };
