@@ -29,6 +29,7 @@ pub mod lease;
 pub mod nostr;
 pub mod push;
 pub mod registry;
+pub mod relay;
 pub mod router;
 pub mod time;
 pub mod timer;
