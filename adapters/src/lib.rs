@@ -8,7 +8,9 @@
 //! - [`framed`]: the peer link's length-prefixed frames over any byte stream.
 //! - [`clock`]: the one place wall-clock and monotonic time are read.
 //! - [`log`]: signed append-only logs (hypercore) and the proofs that replicate them.
+//! - [`drive`]: versioned file stores on two logs, and the gateway's relay and pfp drives.
 
 pub mod clock;
+pub mod drive;
 pub mod framed;
 pub mod log;
