@@ -7,6 +7,8 @@
 //!
 //! - [`framed`]: the peer link's length-prefixed frames over any byte stream.
 //! - [`clock`]: the one place wall-clock and monotonic time are read.
+//! - [`crypto`]: identities, sealed envelopes, writer packages, the lease vault.
 
 pub mod clock;
+pub mod crypto;
 pub mod framed;
