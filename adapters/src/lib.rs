@@ -8,7 +8,9 @@
 //! - [`framed`]: the peer link's length-prefixed frames over any byte stream.
 //! - [`clock`]: the one place wall-clock and monotonic time are read.
 //! - [`crypto`]: identities, sealed envelopes, writer packages, the lease vault.
+//! - [`audit`]: the escrow's append-only, verifiable audit log on a hypercore.
 
+pub mod audit;
 pub mod clock;
 pub mod crypto;
 pub mod framed;
