@@ -217,6 +217,7 @@ fn a_flipped_byte_anywhere_in_the_data_file_is_detected() {
                 other => panic!("byte {offset} flipped: {other:?}"),
             }
         }
+        println!("data flips: all {} detected", original.len());
         fs::write(data_file(dir.path()), &original).unwrap();
         assert_eq!(AuditLog::verify(dir.path()).await.unwrap(), honest);
     });
@@ -272,6 +273,7 @@ fn tampering_with_the_oplog_is_detected_or_flagged_as_lost_entries() {
             }
         }
         restore();
+        println!("oplog flips: {detected} rejected, {truncated} flagged as lost entries");
         assert!(detected > 64, "only {detected} flips detected");
         assert!(truncated > 0, "no flip exercised the lost-entries path");
         assert_eq!(AuditLog::verify(dir.path()).await.unwrap(), honest);

@@ -186,7 +186,6 @@ pub struct AuditAppended {
 }
 
 /// The open audit log.
-#[derive(Debug)]
 pub struct AuditLog {
     dir: PathBuf,
     core: Hypercore,
@@ -382,6 +381,17 @@ impl AuditLog {
             }
         }
         Ok(())
+    }
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("dir", &self.dir)
+            .field("len", &self.len())
+            .field("public_key", &self.public_key_hex())
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
     }
 }
 
