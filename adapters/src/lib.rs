@@ -9,8 +9,12 @@
 //! - [`clock`]: the one place wall-clock and monotonic time are read.
 //! - [`log`]: signed append-only logs (hypercore) and the proofs that replicate them.
 //! - [`drive`]: versioned file stores on two logs, and the gateway's relay and pfp drives.
+//! - [`crypto`]: identities, sealed envelopes, writer packages, the lease vault.
+//! - [`audit`]: the escrow's append-only, verifiable audit log on a hypercore.
 
+pub mod audit;
 pub mod clock;
+pub mod crypto;
 pub mod drive;
 pub mod framed;
 pub mod log;
