@@ -3,6 +3,8 @@
 //! `cargo bench -p hypergate-adapters --bench log_append` and record the figures
 //! in docs/benchmarks.md.
 
+#![allow(clippy::expect_used)] // A benchmark: failing loudly is the point.
+
 use std::time::Instant;
 
 use hypergate_adapters::log::HyperLog;

@@ -8,6 +8,7 @@
 //! - [`framed`]: the peer link's length-prefixed frames over any byte stream.
 //! - [`clock`]: the one place wall-clock and monotonic time are read.
 //! - [`log`]: signed append-only logs (hypercore) and the proofs that replicate them.
+//! - [`relay`]: a worker's relay logs and the reader that turns logs into the relay view.
 //! - [`drive`]: versioned file stores on two logs, and the gateway's relay and pfp drives.
 //! - [`crypto`]: identities, sealed envelopes, writer packages, the lease vault.
 //! - [`audit`]: the escrow's append-only, verifiable audit log on a hypercore.
@@ -18,3 +19,4 @@ pub mod crypto;
 pub mod drive;
 pub mod framed;
 pub mod log;
+pub mod relay;
