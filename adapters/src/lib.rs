@@ -7,6 +7,9 @@
 //!
 //! - [`framed`]: the peer link's length-prefixed frames over any byte stream.
 //! - [`clock`]: the one place wall-clock and monotonic time are read.
+//! - [`escrow_store`]: the escrow service's deposits, lease history and audit
+//!   index, embedded (redb) or on PostgreSQL.
 
 pub mod clock;
+pub mod escrow_store;
 pub mod framed;
