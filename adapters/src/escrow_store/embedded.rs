@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::rows::{
-    AuditIndexEntry, LeaseRecord, Revocation, StoredDeposit, check_escrow_id, corrupt,
+    AuditIndexEntry, LeaseRecord, Revocation, StoredDeposit, check_escrow_id, check_time, corrupt,
     lease_id_text, parse_digest, parse_key, parse_stored_lease_id,
 };
 use super::rules::{self, WriteTx};
@@ -63,7 +63,12 @@ const LEASES: TableDefinition<'_, (RelayBytes, u64), &[u8]> = TableDefinition::n
 const OPEN_LEASES: TableDefinition<'_, RelayBytes, u64> = TableDefinition::new("open_leases");
 const AUDIT: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("audit_index");
 
-/// The escrow store in one local redb file. See the [module docs](self).
+/// The escrow store in one local redb file, `<dir>/escrow.redb`: no server.
+///
+/// Each write is one redb transaction, atomic and durable when it returns;
+/// redb runs one write transaction at a time, so writes are serialised. The
+/// file's format version is checked at open, and one process at a time may
+/// hold the file open.
 pub struct EmbeddedEscrowStore {
     db: Database,
     path: PathBuf,
@@ -584,6 +589,7 @@ impl EscrowStore for EmbeddedEscrowStore {
     }
 
     fn active_leases(&self, now: UnixTime) -> Result<Vec<LeaseRecord>, EscrowStoreError> {
+        check_time("now", now)?;
         let txn = self.db.begin_read()?;
         let open = txn.open_table(OPEN_LEASES)?;
         let leases = txn.open_table(LEASES)?;

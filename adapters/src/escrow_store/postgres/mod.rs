@@ -192,7 +192,15 @@ fn connection_lost(error: &::postgres::Error) -> bool {
     std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>())
 }
 
-/// The escrow store on PostgreSQL. See the [module docs](self).
+/// The escrow store on PostgreSQL (tables `escrow_deposits`,
+/// `escrow_lease_history`, `escrow_audit_log`, `escrow_migrations`).
+///
+/// A pool of [`PostgresSettings::pool_size`] connections, each with the
+/// settings' statement timeout; writes are serialised across processes by a
+/// transaction-scoped advisory lock; an operation whose connection broke is
+/// retried on a new one per [`RetryPolicy`] (safe: every write is keyed by its
+/// audit sequence number). Run [`PostgresEscrowStore::migrate`] before use.
+/// Connections are plain TCP (no TLS).
 pub struct PostgresEscrowStore {
     pool: Pool<PostgresConnectionManager<NoTls>>,
     retry: RetryPolicy,
