@@ -12,11 +12,14 @@
 //! - [`drive`]: versioned file stores on two logs, and the gateway's relay and pfp drives.
 //! - [`crypto`]: identities, sealed envelopes, writer packages, the lease vault.
 //! - [`audit`]: the escrow's append-only, verifiable audit log on a hypercore.
+//! - [`escrow_store`]: the escrow service's deposits, lease history and audit
+//!   index, embedded (redb) or on PostgreSQL.
 
 pub mod audit;
 pub mod clock;
 pub mod crypto;
 pub mod drive;
+pub mod escrow_store;
 pub mod framed;
 pub mod log;
 pub mod relay;
