@@ -8,7 +8,9 @@
 //! - [`framed`]: the peer link's length-prefixed frames over any byte stream.
 //! - [`clock`]: the one place wall-clock and monotonic time are read.
 //! - [`log`]: signed append-only logs (hypercore) and the proofs that replicate them.
+//! - [`mirror`]: the blind-peer store of verified cores replicated from workers.
 
 pub mod clock;
 pub mod framed;
 pub mod log;
+pub mod mirror;
