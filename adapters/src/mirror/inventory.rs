@@ -20,7 +20,7 @@ use super::error::{MirrorError, inventory};
 use super::record::{CoreKey, CoreRecord, MirrorCounters};
 
 /// Core key → versioned postcard [`CoreRecord`].
-const CORES: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("cores");
+pub(super) const CORES: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("cores");
 /// Name → versioned postcard value; holds [`COUNTERS_KEY`].
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 const COUNTERS_KEY: &str = "counters";
@@ -31,7 +31,7 @@ const FORMAT_VERSION: u8 = 1;
 #[derive(Debug, Default)]
 pub(super) struct Loaded {
     pub(super) records: Vec<CoreRecord>,
-    /// Keys whose record did not decode (removed from the inventory).
+    /// Keys whose record did not decode.
     pub(super) undecodable: Vec<CoreKey>,
     pub(super) counters: MirrorCounters,
 }
@@ -75,7 +75,8 @@ impl Inventory {
         &self.path
     }
 
-    /// Reads every record and the counters; drops records that do not decode.
+    /// Reads every record and the counters; lists the records that do not
+    /// decode (the caller removes them with its first commit).
     pub(super) fn load(&self) -> Result<Loaded, MirrorError> {
         let mut loaded = Loaded::default();
         {
@@ -104,12 +105,6 @@ impl Inventory {
                 Err(redb::TableError::TableDoesNotExist(_)) => {}
                 Err(e) => return Err(inventory(e)),
             }
-        }
-        if !loaded.undecodable.is_empty() {
-            self.commit(&Change {
-                remove: loaded.undecodable.clone(),
-                ..Change::default()
-            })?;
         }
         Ok(loaded)
     }

@@ -77,7 +77,7 @@ impl MirrorStore {
             tracing::warn!(core = %key.short(), inventory = %store.inventory.path().display(),
                 "mirror inventory record unreadable; dropped");
         }
-        let mut dropped = loaded.undecodable.clone();
+        let mut dropped = loaded.undecodable;
         for record in loaded.records {
             // Registration refuses keys that are not curve points, so such a
             // record was not written by this store: drop it like an unreadable one.

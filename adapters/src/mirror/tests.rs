@@ -182,3 +182,54 @@ fn the_store_and_its_futures_can_move_between_threads() {
         CoreAnnouncement::new(key, PeerId([1; 32]), RelayKey([2; 32]), CoreRole::Writer);
     assert_send(&store.register_core(announcement, UnixTime(0)));
 }
+
+#[test]
+fn an_unreadable_inventory_record_is_dropped_and_its_directory_quarantined() {
+    smol::block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let public = hypercore::SigningKey::from_bytes(&[7; 32]).verifying_key();
+        let key = CoreKey::from(public);
+        let mut store = MirrorStore::open(tmp.path(), MirrorConfig::default())
+            .await
+            .unwrap();
+        let announcement =
+            CoreAnnouncement::new(key, PeerId([1; 32]), RelayKey([2; 32]), CoreRole::Writer);
+        let _ = store
+            .register_core(announcement, UnixTime(5))
+            .await
+            .unwrap();
+        drop(store);
+
+        let db = redb::Database::create(tmp.path().join(INVENTORY_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(inventory::CORES)
+            .unwrap()
+            .insert(key.as_bytes(), [1u8, 0xff, 0xff].as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+
+        let store = MirrorStore::open(tmp.path(), MirrorConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(store.core_count(), 0);
+        let [orphan] = store.quarantined() else {
+            panic!(
+                "expected one quarantined directory: {:?}",
+                store.quarantined()
+            );
+        };
+        assert_eq!(
+            (orphan.core_key, &orphan.cause),
+            (key, &QuarantineCause::Orphan)
+        );
+        drop(store);
+        let store = MirrorStore::open(tmp.path(), MirrorConfig::default())
+            .await
+            .unwrap();
+        assert!(
+            store.quarantined().is_empty(),
+            "the bad record is gone for good"
+        );
+    });
+}
