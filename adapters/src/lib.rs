@@ -14,6 +14,7 @@
 //! - [`audit`]: the escrow's append-only, verifiable audit log on a hypercore.
 //! - [`escrow_store`]: the escrow service's deposits, lease history and audit
 //!   index, embedded (redb) or on PostgreSQL.
+//! - [`mirror`]: the blind-peer store of verified cores replicated from workers.
 
 pub mod audit;
 pub mod clock;
@@ -22,4 +23,5 @@ pub mod drive;
 pub mod escrow_store;
 pub mod framed;
 pub mod log;
+pub mod mirror;
 pub mod relay;
