@@ -39,6 +39,7 @@ mod gc;
 mod inventory;
 mod record;
 mod restore;
+mod source;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

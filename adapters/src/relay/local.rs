@@ -230,6 +230,8 @@ impl RelayLogs {
 }
 
 impl BlockSource for RelayLogs {
+    type Error = LogError;
+
     async fn held_len(&mut self, key: &WriterKey) -> Result<Option<u64>, LogError> {
         if *key == owner_log_key(&self.relay) {
             return Ok(Some(self.owner.contiguous_len()));

@@ -8,20 +8,25 @@ use hypergate_core::nostr::{EventId, SignatureVerifier};
 use hypergate_core::relay::{Membership, RelayOp, RelayView, ViewChange, WriterKey};
 
 use super::owner_log_key;
-use crate::log::LogError;
 
 /// Where a reader gets blocks: the worker's own logs or the gateway's mirrors.
 pub trait BlockSource {
+    /// How reading a block can fail (local storage trouble, not a bad block).
+    type Error;
+
     /// Blocks held without a gap from block 0 for the log `key`; `None` when the
     /// log is not known here at all.
-    fn held_len(&mut self, key: &WriterKey) -> impl Future<Output = Result<Option<u64>, LogError>>;
+    fn held_len(
+        &mut self,
+        key: &WriterKey,
+    ) -> impl Future<Output = Result<Option<u64>, Self::Error>>;
 
     /// Block `index` of the log `key`, `None` if it is not held.
     fn read_block(
         &mut self,
         key: &WriterKey,
         index: u64,
-    ) -> impl Future<Output = Result<Option<Vec<u8>>, LogError>>;
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, Self::Error>>;
 }
 
 /// What one [`RelayReader::catch_up`] did.
@@ -100,7 +105,7 @@ impl RelayReader {
     }
 
     /// Reads every new counted entry `source` holds and returns the view changes.
-    pub async fn catch_up<S: BlockSource>(&mut self, source: &mut S) -> Result<CatchUp, LogError> {
+    pub async fn catch_up<S: BlockSource>(&mut self, source: &mut S) -> Result<CatchUp, S::Error> {
         let mut outcome = CatchUp::default();
         let cut_below_position = self.read_owner_log(source, &mut outcome).await?;
         if cut_below_position {
@@ -116,7 +121,7 @@ impl RelayReader {
         &mut self,
         source: &mut S,
         outcome: &mut CatchUp,
-    ) -> Result<bool, LogError> {
+    ) -> Result<bool, S::Error> {
         let owner = owner_log_key(&self.relay);
         let held = source.held_len(&owner).await?.unwrap_or(0);
         let mut cut = false;
@@ -158,7 +163,7 @@ impl RelayReader {
         &mut self,
         source: &mut S,
         outcome: &mut CatchUp,
-    ) -> Result<(), LogError> {
+    ) -> Result<(), S::Error> {
         let writers: Vec<(WriterKey, Option<u64>)> = self
             .membership
             .writers()
@@ -225,7 +230,7 @@ impl RelayReader {
         &mut self,
         source: &mut S,
         outcome: &mut CatchUp,
-    ) -> Result<(), LogError> {
+    ) -> Result<(), S::Error> {
         let before: BTreeSet<EventId> = self.view.visible_ids().into_iter().collect();
         self.view = RelayView::new();
         self.positions.clear();
