@@ -2,6 +2,8 @@
 //! verified proofs, reads back as the same view: the gateway's replica reads see
 //! exactly what the worker serves.
 
+#![allow(clippy::unwrap_used)] // Test helpers outside #[test] functions.
+
 use hypercore::SigningKey;
 use hypergate_adapters::mirror::{CoreAnnouncement, CoreKey, CoreRole, MirrorConfig, MirrorStore};
 use hypergate_adapters::relay::{RelayLogs, RelayReader, ReplicaViews, owner_log_key};
