@@ -7,6 +7,9 @@
 //!
 //! - [`framed`]: the peer link's length-prefixed frames over any byte stream.
 //! - [`clock`]: the one place wall-clock and monotonic time are read.
+//! - [`index`]: the relay index (one redb file per relay answering NIP-01 filters) and the live
+//!   feed of newly visible events.
 
 pub mod clock;
 pub mod framed;
+pub mod index;
