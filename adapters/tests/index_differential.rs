@@ -8,6 +8,9 @@
 //! scan cap did not truncate must equal the model's exactly, order included. A failing run
 //! prints its seed.
 
+// Helpers outside `#[test]` functions unwrap too: in a test, a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use hypergate_adapters::index::{IndexChange, QueryLimits, QueryResult, RelayIndex};
@@ -233,17 +236,26 @@ fn limits(scan_cap: usize) -> QueryLimits {
     }
 }
 
-/// Asks `count` generated filters (and `count / 4` multi-filter REQs) of `index` and the model.
-fn compare(
+/// What a comparison reads: the index, the model view and the pools filters are drawn from.
+struct World<'a> {
     seed: u64,
-    rng: &mut Rng,
-    pools: &Pools,
-    index: &RelayIndex,
-    view: &BTreeMap<EventId, Event>,
-    known: &[EventId],
-    count: usize,
-    limits: &QueryLimits,
-) -> Tally {
+    pools: &'a Pools,
+    index: &'a RelayIndex,
+    view: &'a BTreeMap<EventId, Event>,
+    known: &'a [EventId],
+    limits: &'a QueryLimits,
+}
+
+/// Asks `count` generated filters (and `count / 4` multi-filter REQs) of the index and the model.
+fn compare(world: &World<'_>, rng: &mut Rng, count: usize) -> Tally {
+    let World {
+        seed,
+        pools,
+        index,
+        view,
+        known,
+        limits,
+    } = *world;
     let mut tally = Tally::default();
     for _ in 0..count {
         let filter = gen_filter(rng, pools, known);
@@ -327,31 +339,29 @@ fn run(seed: u64, events: usize, filters_per_check: usize, scan_cap: usize) {
         // Part-way checks: the index must agree with the model at any point, not just at the end.
         if checkpoints.last().is_some_and(|&at| inserted >= at) {
             checkpoints.pop();
-            let tally = compare(
+            let world = World {
                 seed,
-                &mut rng,
-                &pools,
-                &index,
-                &view,
-                &known,
-                filters_per_check / 4,
-                &limits,
-            );
+                pools: &pools,
+                index: &index,
+                view: &view,
+                known: &known,
+                limits: &limits,
+            };
+            let tally = compare(&world, &mut rng, filters_per_check / 4);
             total.exact += tally.exact;
         }
     }
     assert_eq!(index.len().unwrap(), view.len() as u64, "seed {seed}");
 
-    let tally = compare(
+    let world = World {
         seed,
-        &mut rng,
-        &pools,
-        &index,
-        &view,
-        &known,
-        filters_per_check,
-        &limits,
-    );
+        pools: &pools,
+        index: &index,
+        view: &view,
+        known: &known,
+        limits: &limits,
+    };
+    let tally = compare(&world, &mut rng, filters_per_check);
     total.exact += tally.exact;
     total.truncated += tally.truncated;
     total.non_empty += tally.non_empty;
@@ -392,17 +402,16 @@ fn run(seed: u64, events: usize, filters_per_check: usize, scan_cap: usize) {
             "seed {seed}"
         );
     }
-    let mut replay = Rng(seed ^ 0xabcd);
-    compare(
+    let world = World {
         seed,
-        &mut replay,
-        &pools,
-        &index,
-        &view,
-        &known,
-        filters_per_check / 4,
-        &limits,
-    );
+        pools: &pools,
+        index: &index,
+        view: &view,
+        known: &known,
+        limits: &limits,
+    };
+    let after_reopen = compare(&world, &mut Rng(seed ^ 0xabcd), filters_per_check / 4);
+    assert!(after_reopen.exact > 0, "seed {seed}");
 }
 
 #[test]

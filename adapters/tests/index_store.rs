@@ -2,6 +2,9 @@
 //! mid-write), changes are idempotent, limits and the scan cap behave as documented, and files
 //! that are not a readable index give errors, not panics.
 
+// Helpers outside `#[test]` functions unwrap too: in a test, a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -161,6 +164,38 @@ fn scan_cap_truncation_is_reported_only_when_entries_were_left_unexamined() {
     let two = index.query_many(&[all.clone(), all], &cap(15)).unwrap();
     assert!(two.truncated_by_scan_cap);
     assert_eq!(two.events.len(), 10);
+}
+
+#[test]
+fn compaction_keeps_every_event_and_shrinks_the_file_after_removals() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
+    let mut index = RelayIndex::open(&path).unwrap();
+    let mut events: Vec<Event> = (0..2_000).map(|n| event(n, u64::from(n))).collect();
+    for event in &mut events {
+        event.content = "x".repeat(1_000);
+    }
+    index.apply(&inserts(&events)).unwrap();
+    let removals: Vec<IndexChange> = events[..1_500]
+        .iter()
+        .map(|event| IndexChange::Remove(event.id))
+        .collect();
+    index.apply(&removals).unwrap();
+    let before = std::fs::metadata(&path).unwrap().len();
+    let kept = index.query(&Filter::default(), &unlimited()).unwrap();
+    assert!(index.compact().unwrap());
+    assert!(std::fs::metadata(&path).unwrap().len() < before);
+    assert_eq!(index.query(&Filter::default(), &unlimited()).unwrap(), kept);
+    assert_eq!(kept.events.len(), 500);
+}
+
+#[test]
+fn the_index_can_be_shared_by_threads_and_the_feed_moved_between_them() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<RelayIndex>();
+    send::<hypergate_adapters::index::LiveFeed>();
+    send::<hypergate_adapters::index::LiveReceiver>();
 }
 
 #[test]

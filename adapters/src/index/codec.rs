@@ -27,13 +27,13 @@ struct StoredEvent<'a> {
 /// Why a stored record could not be read back.
 #[derive(Debug, thiserror::Error)]
 #[error("stored event does not decode: {0}")]
-pub(crate) struct DecodeError(String);
+pub struct DecodeError(String);
 
 /// The stored bytes of `event`.
 ///
 /// postcard fails only when serde reports an error, which these field types (arrays, integers,
 /// strings and sequences of known length) never do; the error is passed on rather than assumed.
-pub(crate) fn encode(event: &Event) -> Result<Vec<u8>, postcard::Error> {
+pub fn encode(event: &Event) -> Result<Vec<u8>, postcard::Error> {
     let (sig_r, sig_s) = split_signature(&event.sig);
     let stored = StoredEvent {
         id: event.id.0,
@@ -53,7 +53,7 @@ pub(crate) fn encode(event: &Event) -> Result<Vec<u8>, postcard::Error> {
 }
 
 /// The event stored as `bytes`.
-pub(crate) fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let (stored, rest): (StoredEvent<'_>, &[u8]) =
         postcard::take_from_bytes(bytes).map_err(|error| DecodeError(error.to_string()))?;
     if !rest.is_empty() {

@@ -95,6 +95,19 @@ pub(crate) fn range_bounds(prefix: &[u8], since: u64, until: u64) -> (Vec<u8>, V
     (low, high)
 }
 
+/// The secondary indexes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Secondary {
+    /// `by_time`: every event.
+    Time,
+    /// `by_author`.
+    Author,
+    /// `by_kind`.
+    Kind,
+    /// `by_tag`: single-letter tags with a value.
+    Tag,
+}
+
 /// Every secondary key of one event.
 pub(crate) struct EventKeys {
     pub(crate) time: Vec<u8>,
@@ -129,6 +142,19 @@ impl EventKeys {
             kind: with_suffix(kind_prefix(event.kind)),
             tags,
         }
+    }
+}
+
+impl EventKeys {
+    /// Each key with the index it belongs to.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (Secondary, &[u8])> {
+        [
+            (Secondary::Time, self.time.as_slice()),
+            (Secondary::Author, self.author.as_slice()),
+            (Secondary::Kind, self.kind.as_slice()),
+        ]
+        .into_iter()
+        .chain(self.tags.iter().map(|key| (Secondary::Tag, key.as_slice())))
     }
 }
 

@@ -29,7 +29,7 @@
 //! | table | key | value |
 //! | --- | --- | --- |
 //! | `meta` | `"format_version"` | `u32` |
-//! | `events` | event id (32 bytes) | the event, postcard ([`codec`](self)) |
+//! | `events` | event id (32 bytes) | the event, postcard ([`codec`]) |
 //! | `by_time` | `rev(created_at) ‖ id` | `()` |
 //! | `by_author` | `pubkey ‖ rev(created_at) ‖ id` | `()` |
 //! | `by_kind` | `kind (u16 BE) ‖ rev(created_at) ‖ id` | `()` |
@@ -42,6 +42,7 @@
 //!
 //! ## Map
 //! - [`RelayIndex`], [`IndexChange`]: the store and its input (`store.rs`).
+//! - [`codec`]: the stored form of an event.
 //! - [`QueryLimits`], [`QueryResult`]: query bounds and answers; the planner and k-way merge
 //!   (`query.rs`).
 //! - [`LiveFeed`], [`SubscriberId`], [`LiveReceiver`], [`LiveMessage`], [`DropReason`],
@@ -49,10 +50,11 @@
 //!
 //! [`Filter::matches`]: hypergate_core::nostr::Filter::matches
 
-mod codec;
+pub mod codec;
 mod keys;
 mod live;
 mod query;
+mod scan;
 mod store;
 
 pub use live::{DropReason, LiveFeed, LiveMessage, LiveReceiver, Published, SubscriberId};

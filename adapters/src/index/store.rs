@@ -10,7 +10,7 @@ use std::path::Path;
 use hypergate_core::nostr::{Event, EventId};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::keys::EventKeys;
+use super::keys::{EventKeys, Secondary};
 use super::{IndexError, codec, storage};
 
 /// The layout version this code reads and writes; bumped on any change to keys or records.
@@ -133,6 +133,15 @@ impl RelayIndex {
         Ok(self.len()? == 0)
     }
 
+    /// Rewrites the file so that space freed by removals and by copy-on-write is returned to
+    /// the file system; `true` if anything was reclaimed. Slow (it walks the whole file): an
+    /// operator's maintenance step, not part of the write path.
+    pub fn compact(&mut self) -> Result<bool, IndexError> {
+        self.db
+            .compact()
+            .map_err(storage("compacting the index file"))
+    }
+
     /// The tables of a new read transaction: one consistent snapshot.
     pub(crate) fn read_tables(&self) -> Result<ReadTables, IndexError> {
         let tx = self
@@ -166,6 +175,16 @@ pub(crate) struct ReadTables {
 }
 
 impl ReadTables {
+    /// The table of one secondary index.
+    pub(crate) fn table(&self, secondary: Secondary) -> &IndexTable {
+        match secondary {
+            Secondary::Time => &self.by_time,
+            Secondary::Author => &self.by_author,
+            Secondary::Kind => &self.by_kind,
+            Secondary::Tag => &self.by_tag,
+        }
+    }
+
     /// The stored event `id`, decoded.
     pub(crate) fn event(&self, id: &EventId) -> Result<Option<Event>, IndexError> {
         let Some(bytes) = self
@@ -205,6 +224,15 @@ impl<'tx> WriteTables<'tx> {
         })
     }
 
+    fn table(&mut self, secondary: Secondary) -> &mut redb::Table<'tx, &'static [u8], ()> {
+        match secondary {
+            Secondary::Time => &mut self.by_time,
+            Secondary::Author => &mut self.by_author,
+            Secondary::Kind => &mut self.by_kind,
+            Secondary::Tag => &mut self.by_tag,
+        }
+    }
+
     fn insert(&mut self, event: &Event) -> Result<(), IndexError> {
         let id = event.id.as_bytes().as_slice();
         if self
@@ -219,22 +247,9 @@ impl<'tx> WriteTables<'tx> {
         self.events
             .insert(id, bytes.as_slice())
             .map_err(storage("storing an event"))?;
-        let keys = EventKeys::of(event);
-        let index = storage("indexing an event");
-        self.by_time
-            .insert(keys.time.as_slice(), ())
-            .map_err(index)?;
-        let index = storage("indexing an event");
-        self.by_author
-            .insert(keys.author.as_slice(), ())
-            .map_err(index)?;
-        let index = storage("indexing an event");
-        self.by_kind
-            .insert(keys.kind.as_slice(), ())
-            .map_err(index)?;
-        for key in &keys.tags {
-            self.by_tag
-                .insert(key.as_slice(), ())
+        for (secondary, key) in EventKeys::of(event).entries() {
+            self.table(secondary)
+                .insert(key, ())
                 .map_err(storage("indexing an event"))?;
         }
         Ok(())
@@ -251,18 +266,9 @@ impl<'tx> WriteTables<'tx> {
         };
         let event = codec::decode(&bytes)
             .map_err(|error| IndexError::Corrupt(format!("event {id}: {error}")))?;
-        let keys = EventKeys::of(&event);
-        let unindex = storage("unindexing an event");
-        self.by_time.remove(keys.time.as_slice()).map_err(unindex)?;
-        let unindex = storage("unindexing an event");
-        self.by_author
-            .remove(keys.author.as_slice())
-            .map_err(unindex)?;
-        let unindex = storage("unindexing an event");
-        self.by_kind.remove(keys.kind.as_slice()).map_err(unindex)?;
-        for key in &keys.tags {
-            self.by_tag
-                .remove(key.as_slice())
+        for (secondary, key) in EventKeys::of(&event).entries() {
+            self.table(secondary)
+                .remove(key)
                 .map_err(storage("unindexing an event"))?;
         }
         Ok(())
