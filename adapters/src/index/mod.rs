@@ -43,8 +43,8 @@
 //! ## Map
 //! - [`RelayIndex`], [`IndexChange`]: the store and its input (`store.rs`).
 //! - [`codec`]: the stored form of an event.
-//! - [`QueryLimits`], [`QueryResult`]: query bounds and answers; the planner and k-way merge
-//!   (`query.rs`).
+//! - [`QueryLimits`], [`QueryResult`]: query bounds and answers; the planner (`query.rs`); the
+//!   key-only k-way merge and leapfrog intersection of index ranges (`scan.rs`).
 //! - [`LiveFeed`], [`SubscriberId`], [`LiveReceiver`], [`LiveMessage`], [`DropReason`],
 //!   [`Published`]: live subscriptions (`live.rs`).
 //!
