@@ -98,7 +98,10 @@ pub fn generate(rng: &mut Rng, pools: &Pools, count: usize) -> Vec<Ev> {
             tags.push((b'p', hex(&target.pubkey).into_bytes()));
         }
         if rng.below(4) == 0 {
-            tags.push((b't', format!("tag{}", rng.below(HASHTAGS as u64)).into_bytes()));
+            tags.push((
+                b't',
+                format!("tag{}", rng.below(HASHTAGS as u64)).into_bytes(),
+            ));
         }
         let content_len = 50 + rng.below(350) as usize;
         let mut value = Vec::with_capacity(200 + content_len);
@@ -154,7 +157,10 @@ pub fn index_keys(ev: &Ev) -> Vec<(Table, Vec<u8>)> {
         (Table::Kind, [&ev.kind.to_be_bytes()[..], &suffix].concat()),
     ];
     for (letter, value) in &ev.tags {
-        keys.push((Table::Tag, [tag_prefix(*letter, value), suffix.clone()].concat()));
+        keys.push((
+            Table::Tag,
+            [tag_prefix(*letter, value), suffix.clone()].concat(),
+        ));
     }
     keys
 }

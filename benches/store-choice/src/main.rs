@@ -41,7 +41,8 @@ const QUERY_NAMES: [&str; 4] = [
 
 fn main() {
     let wanted: Vec<String> = std::env::args().skip(1).collect();
-    let want = |name: &str| wanted.is_empty() || wanted.iter().any(|w| name.starts_with(w.as_str()));
+    let want =
+        |name: &str| wanted.is_empty() || wanted.iter().any(|w| name.starts_with(w.as_str()));
 
     let mut rng = Rng::new(0x5eed);
     let pools = Pools::new(&mut rng);
@@ -52,15 +53,21 @@ fn main() {
     let mut rows = Vec::new();
     #[cfg(feature = "redb")]
     if want("redb") {
-        rows.push(measure::<stores::redb_store::RedbStore>(bulk, singles, &pools));
+        rows.push(measure::<stores::redb_store::RedbStore>(
+            bulk, singles, &pools,
+        ));
     }
     #[cfg(feature = "heed")]
     if want("heed") {
-        rows.push(measure::<stores::heed_store::HeedStore>(bulk, singles, &pools));
+        rows.push(measure::<stores::heed_store::HeedStore>(
+            bulk, singles, &pools,
+        ));
     }
     #[cfg(feature = "fjall")]
     if want("fjall") {
-        rows.push(measure::<stores::fjall_store::FjallStore>(bulk, singles, &pools));
+        rows.push(measure::<stores::fjall_store::FjallStore>(
+            bulk, singles, &pools,
+        ));
     }
 
     println!(
@@ -84,7 +91,8 @@ fn main() {
 fn measure<S: Store>(bulk: &[Ev], singles: &[Ev], pools: &Pools) -> (&'static str, Run) {
     let mut runs = Vec::new();
     for run in 0..RUNS {
-        let dir = tempfile::tempdir_in(std::env::var("STORE_DIR").unwrap_or("/tmp".into())).unwrap();
+        let dir =
+            tempfile::tempdir_in(std::env::var("STORE_DIR").unwrap_or("/tmp".into())).unwrap();
         let store = S::open(dir.path());
 
         let started = Instant::now();

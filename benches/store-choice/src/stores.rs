@@ -79,7 +79,8 @@ pub mod redb_store {
             let tx = self.0.begin_write().unwrap();
             {
                 let mut table = tx.open_table(EVENTS).unwrap();
-                let mut indexes: Vec<_> = INDEXES.iter().map(|d| tx.open_table(*d).unwrap()).collect();
+                let mut indexes: Vec<_> =
+                    INDEXES.iter().map(|d| tx.open_table(*d).unwrap()).collect();
                 for ev in events {
                     table.insert(&ev.id[..], &ev.value[..]).unwrap();
                     for (t, key) in index_keys(ev) {
@@ -123,7 +124,9 @@ pub mod heed_store {
     impl Reader for HeedReader<'_> {
         fn scan(&self, table: Table, lo: &[u8], hi: &[u8], visit: &mut dyn FnMut(&[u8]) -> bool) {
             let range = (std::ops::Bound::Included(lo), std::ops::Bound::Included(hi));
-            let iter = self.store.indexes[table as usize].range(&self.tx, &range).unwrap();
+            let iter = self.store.indexes[table as usize]
+                .range(&self.tx, &range)
+                .unwrap();
             for entry in iter {
                 let (key, _) = entry.unwrap();
                 if !visit(key) {
@@ -158,9 +161,10 @@ pub mod heed_store {
                 .create_databases_and_commit(tx, |opener, tx| -> heed::Result<_> {
                     let events = opener.create_database::<Bytes, Bytes>(tx, Some("events"))?;
                     let mut indexes = [None, None, None, None];
-                    for (slot, name) in indexes
-                        .iter_mut()
-                        .zip(["by_time", "by_author", "by_kind", "by_tag"])
+                    for (slot, name) in
+                        indexes
+                            .iter_mut()
+                            .zip(["by_time", "by_author", "by_kind", "by_tag"])
                     {
                         *slot = Some(opener.create_database::<Bytes, Unit>(tx, Some(name))?);
                     }
@@ -180,7 +184,9 @@ pub mod heed_store {
             for ev in events {
                 self.events.put(&mut tx, &ev.id[..], &ev.value[..]).unwrap();
                 for (t, key) in index_keys(ev) {
-                    self.indexes[t as usize].put(&mut tx, &key[..], &()).unwrap();
+                    self.indexes[t as usize]
+                        .put(&mut tx, &key[..], &())
+                        .unwrap();
                 }
             }
             tx.commit().unwrap();
@@ -238,7 +244,9 @@ pub mod fjall_store {
 
         fn open(dir: &Path) -> Self {
             let db = Database::builder(dir).open().unwrap();
-            let events = db.keyspace("events", KeyspaceCreateOptions::default).unwrap();
+            let events = db
+                .keyspace("events", KeyspaceCreateOptions::default)
+                .unwrap();
             let indexes = ["by_time", "by_author", "by_kind", "by_tag"]
                 .into_iter()
                 .map(|name| db.keyspace(name, KeyspaceCreateOptions::default).unwrap())
