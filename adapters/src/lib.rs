@@ -15,6 +15,8 @@
 //! - [`escrow_store`]: the escrow service's deposits, lease history and audit
 //!   index, embedded (redb) or on PostgreSQL.
 //! - [`mirror`]: the blind-peer store of verified cores replicated from workers.
+//! - [`index`]: the relay index (one redb file per relay answering NIP-01 filters) and the live
+//!   feed of newly visible events.
 
 pub mod audit;
 pub mod clock;
@@ -22,6 +24,7 @@ pub mod crypto;
 pub mod drive;
 pub mod escrow_store;
 pub mod framed;
+pub mod index;
 pub mod log;
 pub mod mirror;
 pub mod relay;
