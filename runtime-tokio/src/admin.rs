@@ -15,7 +15,11 @@ use hypergate_adapters::escrow_store::{PostgresEscrowStore, PostgresSettings};
 
 /// `hypergate audit verify <dir>`: checks every block against the log's key and
 /// signed tree, and the digest chain; prints the entries.
-pub async fn audit_verify(dir: &Path, pinned_key: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn audit_verify(
+    dir: &Path,
+    pinned_key: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let report = match pinned_key {
         Some(key) => AuditLog::verify_pinned(dir, key).await,
         None => AuditLog::verify(dir).await,

@@ -8,7 +8,11 @@
 //!   gateway core through worker loss and return (the first-run job until
 //!   the full gateway lands).
 //!
+//! - [`admin`]: operator commands over stored state (`hypergate audit verify`,
+//!   `hypergate escrow migrate`).
+//!
 //! [`Gateway`]: hypergate_core::gateway::Gateway
 
+pub mod admin;
 pub mod demo;
 pub mod driver;

@@ -1,5 +1,6 @@
 //! The `hypergate` command.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -28,6 +29,47 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The escrow audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// The escrow service and its store.
+    Escrow {
+        #[command(subcommand)]
+        command: EscrowCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check every entry of an audit log against its key, signed tree and digest
+    /// chain, and print the entries. Exit 0: intact; 1: does not verify;
+    /// 2: verifies but unsigned bytes follow it (entries lost or cut short).
+    Verify {
+        /// The audit log directory (the escrow's `<storage>/audit`).
+        dir: PathBuf,
+        /// Expected public key of the log (hex); without it the key on disk is trusted.
+        #[arg(long, env = "HYPERGATE_AUDIT_KEY")]
+        key: Option<String>,
+        /// Print each entry's stored JSON, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EscrowCommand {
+    /// Apply the escrow schema's pending migrations to PostgreSQL (idempotent;
+    /// safe to run concurrently).
+    Migrate {
+        /// PostgreSQL URL, e.g. postgres://gateway@127.0.0.1:5432/gateway_escrow
+        #[arg(long, env = "ESCROW_DATABASE_URL")]
+        database_url: String,
+        /// Print the result as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,22 +94,27 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Audit {
+                command: AuditCommand::Verify { dir, key, json },
+            } => hypergate_tokio::admin::audit_verify(&dir, key.as_deref(), json).await,
+            Command::Escrow {
+                command: EscrowCommand::Migrate { database_url, json },
+            } => hypergate_tokio::admin::escrow_migrate(database_url, json).await,
             Command::Demo {
                 workers,
                 heartbeat_ms,
                 json,
-            } => {
-                hypergate_tokio::demo::run(hypergate_tokio::demo::DemoOptions {
-                    workers,
-                    heartbeat: Duration::from_millis(heartbeat_ms.max(20)),
-                    json,
-                })
-                .await
-            }
+            } => hypergate_tokio::demo::run(hypergate_tokio::demo::DemoOptions {
+                workers,
+                heartbeat: Duration::from_millis(heartbeat_ms.max(20)),
+                json,
+            })
+            .await
+            .map(|()| ExitCode::SUCCESS),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("hypergate: {error:#}");
             ExitCode::FAILURE
