@@ -17,15 +17,19 @@
 //!   up to `final_length` after its removal. A removal that cuts below what was
 //!   already read rebuilds the view from the logs and reports the difference, so
 //!   the changes stay exact.
+//! - [`IndexedRelay`] keeps a reader's view in an on-disk [`crate::index::RelayIndex`]
+//!   and offers newly visible events to live subscribers.
 //! - [`ReplicaViews`] keeps the gateway's views over mirrored cores open in a
 //!   bounded least-recently-used set (default 32).
 //! - A block a source does not hold yet (a mirror still catching up) stops that
 //!   log's reading at the gap; the next catch-up resumes there.
 
+mod indexed;
 mod local;
 mod reader;
 mod replicas;
 
+pub use indexed::{IndexedRelay, IndexedRelayError, Refreshed};
 pub use local::{RelayLogs, RelayLogsError};
 pub use reader::{BlockSource, CatchUp, ReaderStats, RelayReader};
 pub use replicas::{DEFAULT_OPEN_VIEWS, ReplicaViews};

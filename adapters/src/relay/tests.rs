@@ -224,3 +224,59 @@ fn reopened_logs_rebuild_the_same_view() {
         assert_eq!(reader.view().digest(), digest);
     });
 }
+
+#[test]
+fn an_indexed_relay_answers_filters_and_feeds_live_subscribers_as_entries_land() {
+    use crate::index::{LiveMessage, QueryLimits};
+    use hypergate_core::nostr::Filter;
+
+    smol::block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut logs = RelayLogs::create(&tmp.path().join("relay"), key(1))
+            .await
+            .unwrap();
+        let writer = logs.add_local_writer(key(2)).await.unwrap();
+        let old_profile = signed(9, 10, 0, "old");
+        let notes: Vec<Event> = (0..3).map(|i| signed(9, 20 + i, 1, "note")).collect();
+        logs.append_events(&writer, &notes).await.unwrap();
+        logs.append_events(&writer, std::slice::from_ref(&old_profile))
+            .await
+            .unwrap();
+
+        let mut relay =
+            IndexedRelay::create(logs.relay_key(), &tmp.path().join("index.redb"), 16).unwrap();
+        let refreshed = relay.catch_up(&mut logs).await.unwrap();
+        assert_eq!(refreshed.added, 4);
+
+        let kind1 = Filter::parse_json(r#"{"kinds":[1],"limit":2}"#).unwrap();
+        let answer = relay
+            .query(std::slice::from_ref(&kind1), &QueryLimits::default())
+            .unwrap();
+        let ids: Vec<EventId> = answer.events.iter().map(|e| e.id).collect();
+        assert_eq!(ids, vec![notes[2].id, notes[1].id], "newest first, limited");
+
+        let (_, live) = relay.subscribe(vec![Filter::parse_json(r#"{"kinds":[0]}"#).unwrap()]);
+        let new_profile = signed(9, 30, 0, "new");
+        logs.append_events(&writer, std::slice::from_ref(&new_profile))
+            .await
+            .unwrap();
+        let refreshed = relay.catch_up(&mut logs).await.unwrap();
+        assert_eq!((refreshed.added, refreshed.removed), (1, 1));
+        match live.try_recv() {
+            Some(LiveMessage::Event(event)) => assert_eq!(event.id, new_profile.id),
+            other => panic!("expected the new profile live, got {other:?}"),
+        }
+        let profiles = relay
+            .query(
+                &[Filter::parse_json(r#"{"kinds":[0]}"#).unwrap()],
+                &QueryLimits::default(),
+            )
+            .unwrap();
+        assert_eq!(
+            profiles.events.len(),
+            1,
+            "the replaced profile left the index"
+        );
+        assert_eq!(profiles.events[0].id, new_profile.id);
+    });
+}
