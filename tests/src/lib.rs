@@ -9,7 +9,9 @@
 //!   seeded lossy network with churn, invariants after every step, a
 //!   reference model, fault injection, and a final no-write-lost check.
 //! - [`corpus`]: locating the committed fuzz corpus so `cargo test` replays it.
+//! - [`decoders`]: the storage decoders behind the `storage_decode` fuzz target.
 
 pub mod churn;
 pub mod corpus;
+pub mod decoders;
 pub mod sim;

@@ -1,0 +1,101 @@
+//! The storage decoders under one fuzz entry point, `storage_decode`: the first
+//! input byte picks the decoder, the rest is its input. Each decoder must return
+//! a value or an error for any bytes (never panic, never allocate without bound),
+//! and a value it returns must encode back to bytes that decode to the same value.
+//!
+//! The fuzz target and the corpus replay (`tests/fuzz_corpus.rs`) both call
+//! [`check_storage_input`], so CI replays exactly what the fuzzer ran.
+
+use hypergate_adapters::crypto::SealedEnvelope;
+use hypergate_adapters::drive::{decode_meta_block, encode_meta_block};
+use hypergate_adapters::index::codec;
+use hypergate_adapters::log::{decode_proof, encode_proof};
+use hypergate_core::relay::RelayOp;
+
+/// Which decoder an input is for (its first byte, modulo the count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageDecoder {
+    /// [`RelayOp::decode`]: relay log entries.
+    RelayOp,
+    /// [`decode_proof`]: hypercore proofs on the peer link.
+    Proof,
+    /// [`SealedEnvelope::from_json`]: sealed writer packages and leases.
+    SealedEnvelope,
+    /// [`decode_meta_block`]: drive metadata log entries.
+    DriveMeta,
+    /// [`codec::decode`]: events stored in the relay index.
+    IndexRecord,
+}
+
+impl StorageDecoder {
+    /// Every decoder, in selector order.
+    pub const ALL: [StorageDecoder; 5] = [
+        StorageDecoder::RelayOp,
+        StorageDecoder::Proof,
+        StorageDecoder::SealedEnvelope,
+        StorageDecoder::DriveMeta,
+        StorageDecoder::IndexRecord,
+    ];
+
+    /// The selector byte of this decoder.
+    #[must_use]
+    pub fn selector(self) -> u8 {
+        match self {
+            StorageDecoder::RelayOp => 0,
+            StorageDecoder::Proof => 1,
+            StorageDecoder::SealedEnvelope => 2,
+            StorageDecoder::DriveMeta => 3,
+            StorageDecoder::IndexRecord => 4,
+        }
+    }
+}
+
+/// Runs one fuzz input; returns whether the decoder accepted it. Panics (the
+/// fuzzer's signal) only if a decoder panics or an accepted value does not
+/// round-trip.
+pub fn check_storage_input(data: &[u8]) -> bool {
+    let Some((&selector, input)) = data.split_first() else {
+        return false;
+    };
+    let decoder = StorageDecoder::ALL[usize::from(selector) % StorageDecoder::ALL.len()];
+    match decoder {
+        StorageDecoder::RelayOp => match RelayOp::decode(input) {
+            Ok(op) => {
+                assert_eq!(RelayOp::decode(&op.encode()).ok(), Some(op));
+                true
+            }
+            Err(_) => false,
+        },
+        StorageDecoder::Proof => match decode_proof(input) {
+            Ok(proof) => {
+                assert_eq!(decode_proof(&encode_proof(&proof)).ok(), Some(proof));
+                true
+            }
+            Err(_) => false,
+        },
+        StorageDecoder::SealedEnvelope => match SealedEnvelope::from_json(input) {
+            Ok(envelope) => {
+                let again = SealedEnvelope::from_json(envelope.to_json().as_bytes());
+                assert_eq!(again.ok().map(|e| e.to_json()), Some(envelope.to_json()));
+                true
+            }
+            Err(_) => false,
+        },
+        StorageDecoder::DriveMeta => match decode_meta_block(input) {
+            Ok(block) => {
+                assert_eq!(decode_meta_block(&encode_meta_block(&block)).ok(), Some(block));
+                true
+            }
+            Err(_) => false,
+        },
+        StorageDecoder::IndexRecord => match codec::decode(input) {
+            Ok(event) => {
+                if let Ok(bytes) = codec::encode(&event) {
+                    assert_eq!(codec::decode(&bytes).ok(), Some(event));
+                }
+                true
+            }
+            Err(_) => false,
+        },
+    }
+}
