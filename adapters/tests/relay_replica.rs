@@ -8,30 +8,13 @@ use hypercore::SigningKey;
 use hypergate_adapters::mirror::{CoreAnnouncement, CoreKey, CoreRole, MirrorConfig, MirrorStore};
 use hypergate_adapters::relay::{RelayLogs, RelayReader, ReplicaViews, owner_log_key};
 use hypergate_core::ids::{PeerId, RelayKey};
-use hypergate_core::nostr::{Event, EventId, Kind, PublicKey, Signature, Tag};
+use hypergate_core::nostr::testing::signed_event;
+use hypergate_core::nostr::Event;
 use hypergate_core::relay::WriterKey;
 use hypergate_core::time::UnixTime;
-use secp256k1::{Keypair, Secp256k1};
 
 fn signed(secret: u8, created_at: u64, kind: u16, content: &str) -> Event {
-    let secp = Secp256k1::new();
-    let keypair = Keypair::from_seckey_slice(&secp, &[secret; 32]).unwrap();
-    let mut event = Event {
-        id: EventId([0; 32]),
-        pubkey: PublicKey(keypair.x_only_public_key().0.serialize()),
-        created_at,
-        kind: Kind(kind),
-        tags: Vec::<Tag>::new(),
-        content: content.to_owned(),
-        sig: Signature([0; 64]),
-    };
-    event.id = event.compute_id();
-    event.sig = Signature(
-        *secp
-            .sign_schnorr_no_aux_rand(&event.id.0, &keypair)
-            .as_ref(),
-    );
-    event
+    signed_event(secret, created_at, kind, Vec::new(), content)
 }
 
 /// Mirrors every block of `key`'s log from the worker's relay logs into `mirror`.

@@ -83,7 +83,10 @@ pub fn check_storage_input(data: &[u8]) -> bool {
         },
         StorageDecoder::DriveMeta => match decode_meta_block(input) {
             Ok(block) => {
-                assert_eq!(decode_meta_block(&encode_meta_block(&block)).ok(), Some(block));
+                assert_eq!(
+                    decode_meta_block(&encode_meta_block(&block)).ok(),
+                    Some(block)
+                );
                 true
             }
             Err(_) => false,

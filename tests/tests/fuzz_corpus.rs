@@ -104,19 +104,33 @@ fn write_storage_decode_seeds() {
     let mut seeds: Vec<(StorageDecoder, Vec<u8>)> = Vec::new();
     let event_json = r#"{"id":"0000000000000000000000000000000000000000000000000000000000000000","pubkey":"0101010101010101010101010101010101010101010101010101010101010101","created_at":1,"kind":1,"tags":[["e","abc"]],"content":"hi","sig":"00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"}"#;
     let event = hypergate_core::nostr::Event::parse_json(event_json).unwrap();
-    seeds.push((StorageDecoder::RelayOp, RelayOp::event(&event).unwrap().encode()));
     seeds.push((
         StorageDecoder::RelayOp,
-        RelayOp::AddWriter { key: WriterKey([3; 32]) }.encode(),
+        RelayOp::event(&event).unwrap().encode(),
     ));
     seeds.push((
         StorageDecoder::RelayOp,
-        RelayOp::RemoveWriter { key: WriterKey([4; 32]), final_length: 9 }.encode(),
+        RelayOp::AddWriter {
+            key: WriterKey([3; 32]),
+        }
+        .encode(),
+    ));
+    seeds.push((
+        StorageDecoder::RelayOp,
+        RelayOp::RemoveWriter {
+            key: WriterKey([4; 32]),
+            final_length: 9,
+        }
+        .encode(),
     ));
     let proofs = smol::block_on(async {
         let tmp = tempfile::tempdir().unwrap();
-        let mut log = HyperLog::create(&tmp.path().join("log"), None).await.unwrap();
-        log.append_batch(&[b"one".as_slice(), b"two", b"three"]).await.unwrap();
+        let mut log = HyperLog::create(&tmp.path().join("log"), None)
+            .await
+            .unwrap();
+        log.append_batch(&[b"one".as_slice(), b"two", b"three"])
+            .await
+            .unwrap();
         log.export_range(1, 1..3).await.unwrap()
     });
     for proof in &proofs {

@@ -1,32 +1,15 @@
 use std::collections::BTreeMap;
 
 use hypercore::SigningKey;
-use hypergate_core::nostr::{Event, EventId, Kind, PublicKey, Signature, Tag};
+use hypergate_core::nostr::testing::signed_event;
+use hypergate_core::nostr::{Event, EventId};
 use hypergate_core::relay::{RelayOp, ViewChange, WriterKey};
-use secp256k1::{Keypair, Secp256k1};
 
 use super::*;
 use crate::log::HyperLog;
 
 fn signed(secret: u8, created_at: u64, kind: u16, content: &str) -> Event {
-    let secp = Secp256k1::new();
-    let keypair = Keypair::from_seckey_slice(&secp, &[secret; 32]).unwrap();
-    let mut event = Event {
-        id: EventId([0; 32]),
-        pubkey: PublicKey(keypair.x_only_public_key().0.serialize()),
-        created_at,
-        kind: Kind(kind),
-        tags: Vec::<Tag>::new(),
-        content: content.to_owned(),
-        sig: Signature([0; 64]),
-    };
-    event.id = event.compute_id();
-    event.sig = Signature(
-        *secp
-            .sign_schnorr_no_aux_rand(&event.id.0, &keypair)
-            .as_ref(),
-    );
-    event
+    signed_event(secret, created_at, kind, Vec::new(), content)
 }
 
 fn key(byte: u8) -> SigningKey {

@@ -299,15 +299,21 @@ impl fmt::Debug for SignatureVerifier {
     }
 }
 
-/// Test helpers shared by the module's unit tests: deterministic keys and signatures.
-#[cfg(test)]
-pub(crate) mod testing {
+/// Test helpers: deterministic keys and signatures. Compiled for the core's own tests and, behind
+/// the `test-support` feature, for other crates' tests; never part of a binary.
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing {
     use secp256k1::{Keypair, Secp256k1};
 
     use super::*;
 
     /// An event by the key `[secret; 32]`, with a correct id and a deterministic signature.
-    pub(crate) fn signed_event(
+    ///
+    /// # Panics
+    /// Never for `secret` in `1..=255` (a valid secp256k1 secret key); `0` panics.
+    #[allow(clippy::unwrap_used)] // Test support: a bad constant secret should fail loudly.
+    #[must_use]
+    pub fn signed_event(
         secret: u8,
         created_at: u64,
         kind: u16,

@@ -34,6 +34,8 @@ mod message;
 mod reason;
 mod subscription;
 
+#[cfg(any(test, feature = "test-support"))]
+pub use event::testing;
 pub use event::{Event, EventError, ReplacementKey, SignatureVerifier, Tag};
 pub use filter::{Filter, FilterError};
 pub use hex::{EventId, HexError, PublicKey, Signature};
