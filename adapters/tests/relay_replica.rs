@@ -8,8 +8,8 @@ use hypercore::SigningKey;
 use hypergate_adapters::mirror::{CoreAnnouncement, CoreKey, CoreRole, MirrorConfig, MirrorStore};
 use hypergate_adapters::relay::{RelayLogs, RelayReader, ReplicaViews, owner_log_key};
 use hypergate_core::ids::{PeerId, RelayKey};
-use hypergate_core::nostr::testing::signed_event;
 use hypergate_core::nostr::Event;
+use hypergate_core::nostr::testing::signed_event;
 use hypergate_core::relay::WriterKey;
 use hypergate_core::time::UnixTime;
 
