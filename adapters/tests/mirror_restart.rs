@@ -274,3 +274,53 @@ fn more_cores_than_the_open_cap_all_stay_usable_across_restart() {
         }
     });
 }
+
+/// The case a push cannot serve: the mirror's signed tree ran ahead of its blocks
+/// (a batch cut short) and the origin grew before the catch-up. The mirror's own
+/// request, answered by the origin, brings every block.
+#[test]
+fn a_mirror_cut_short_mid_batch_catches_up_by_request_after_the_origin_grew() {
+    use hypergate_adapters::log::HyperLog;
+    use hypergate_adapters::mirror::{
+        CoreAnnouncement, CoreKey, CoreRole, MirrorConfig, MirrorStore,
+    };
+    use hypergate_core::ids::{PeerId, RelayKey};
+    use hypergate_core::time::UnixTime;
+
+    smol::block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut origin = HyperLog::create(&tmp.path().join("origin"), None)
+            .await
+            .unwrap();
+        let blocks: Vec<Vec<u8>> = (0..30).map(|i| vec![i as u8; 100]).collect();
+        origin.append_batch(&blocks[..20]).await.unwrap();
+        let core = CoreKey(origin.public_key().to_bytes());
+        let mut mirror = MirrorStore::open(&tmp.path().join("mirror"), MirrorConfig::default())
+            .await
+            .unwrap();
+        let now = UnixTime(1_000);
+        let _ = mirror
+            .register_core(
+                CoreAnnouncement::new(core, PeerId([1; 32]), RelayKey([2; 32]), CoreRole::Writer),
+                now,
+            )
+            .await
+            .unwrap();
+        let proofs = origin.export_range(0, 0..20).await.unwrap();
+        let _ = mirror
+            .store_blocks(&core, &proofs[..10], now)
+            .await
+            .unwrap();
+        origin.append_batch(&blocks[20..]).await.unwrap();
+
+        let request = mirror.request_range(&core, 10..30).await.unwrap();
+        let answer = origin.answer_request(&request).await.unwrap();
+        let outcome = mirror.store_blocks(&core, &answer, now).await.unwrap();
+        assert_eq!(outcome.rejected_blocks, 0);
+        assert_eq!(mirror.len(&core).unwrap(), 30);
+        assert_eq!(
+            mirror.read_block(&core, 29).await.unwrap().unwrap(),
+            blocks[29]
+        );
+    });
+}

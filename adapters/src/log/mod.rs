@@ -13,7 +13,10 @@
 //!   storage syncs every write by default). A batch costs one round of syncs, so
 //!   batching is how a busy writer amortises durability.
 //! - Replication is by proofs: the holder of a log exports [`Proof`]s for a block
-//!   range ([`HyperLog::export_range`]); a replica applies them with
+//!   range ([`HyperLog::export_range`], a push to a replica that holds everything
+//!   its signed tree covers) or answers a replica's own [`RangeRequest`]
+//!   ([`HyperLog::answer_request`], which works from any replica state); a replica
+//!   applies them with
 //!   [`HyperLog::apply_proof`], which verifies each block against the public key
 //!   and the signed tree *before* it stores anything. A proof that does not verify
 //!   is an error, and the replica is unchanged.
@@ -100,6 +103,21 @@ pub struct HyperLog {
     core: Hypercore,
     dir: PathBuf,
 }
+
+/// What a replica asks the holder of a log for: blocks, each with the number of
+/// tree nodes the replica already holds on that block's path, and an upgrade from
+/// the replica's signed length. Built by [`HyperLog::request_range`], answered by
+/// [`HyperLog::answer_request`]; it travels on the peer link as plain integers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RangeRequest {
+    /// Blocks the replica's signed tree covers.
+    pub signed_length: u64,
+    /// `(block index, tree nodes already held on its path)`, in order.
+    pub blocks: Vec<(u64, u64)>,
+}
+
+/// Most blocks one [`RangeRequest`] may ask for.
+pub const MAX_REQUEST_BLOCKS: usize = 1024;
 
 /// Files hypercore keeps in a log directory; the oplog holds the header (keys).
 const OPLOG_FILE: &str = "oplog";
@@ -276,8 +294,10 @@ impl HyperLog {
     }
 
     /// Proofs that carry blocks `range` to a replica whose signed tree currently
-    /// covers `remote_length` blocks. The first proof also upgrades the replica's
-    /// tree to this log's length, so the proofs must be applied in order.
+    /// covers `remote_length` blocks and which holds every block below it (a push).
+    /// The first proof also upgrades the replica's tree to this log's length, so the
+    /// proofs must be applied in order. A replica whose signed tree runs ahead of
+    /// its blocks (an interrupted batch) must ask with [`HyperLog::request_range`].
     pub async fn export_range(
         &mut self,
         remote_length: u64,
@@ -343,6 +363,63 @@ impl HyperLog {
 }
 
 impl HyperLog {
+    /// Builds the request that brings blocks `range` to this replica, whatever
+    /// state an earlier interrupted batch left it in (its signed tree may already
+    /// cover blocks it does not hold). At most [`MAX_REQUEST_BLOCKS`] blocks.
+    pub async fn request_range(&mut self, range: Range<u64>) -> Result<RangeRequest, LogError> {
+        let signed_length = self.len();
+        let mut blocks = Vec::new();
+        for index in range.take(MAX_REQUEST_BLOCKS) {
+            let nodes = if index < signed_length {
+                self.core
+                    .missing_nodes(index)
+                    .await
+                    .map_err(|e| storage_error(&self.dir, e))?
+            } else {
+                0
+            };
+            blocks.push((index, nodes));
+        }
+        Ok(RangeRequest {
+            signed_length,
+            blocks,
+        })
+    }
+
+    /// Answers a replica's [`RangeRequest`] with proofs to apply in order; stops
+    /// at the first block this log does not hold. A request for blocks past this
+    /// log's length, or from a signed length longer than it, is out of range.
+    pub async fn answer_request(&mut self, request: &RangeRequest) -> Result<Vec<Proof>, LogError> {
+        let length = self.len();
+        let beyond = request.blocks.iter().any(|&(index, _)| index >= length);
+        if request.signed_length > length || beyond || request.blocks.len() > MAX_REQUEST_BLOCKS {
+            let start = request.blocks.first().map_or(0, |b| b.0);
+            let end = request.blocks.last().map_or(0, |b| b.0 + 1);
+            return Err(LogError::OutOfRange {
+                log: self.dir.clone(),
+                start,
+                end,
+                length,
+            });
+        }
+        let upgrade = (request.signed_length < length)
+            .then_some((request.signed_length, length - request.signed_length));
+        let mut proofs = Vec::with_capacity(request.blocks.len());
+        for &(index, nodes) in &request.blocks {
+            let upgrade = upgrade.map(|(start, length)| RequestUpgrade { start, length });
+            let proof = self
+                .core
+                .create_proof(Some(RequestBlock { index, nodes }), None, None, upgrade)
+                .await
+                .map_err(|e| storage_error(&self.dir, e))?;
+            match proof {
+                Some(proof) => proofs.push(proof),
+                None => break,
+            }
+        }
+        Ok(proofs)
+    }
+
     /// Applies `proofs` in order (see [`HyperLog::apply_proof`]) and then
     /// checkpoints the replica so that it reopens after a crash or restart.
     ///

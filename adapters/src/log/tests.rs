@@ -253,3 +253,32 @@ fn a_replica_reopens_after_any_number_of_applied_proofs() {
         }
     });
 }
+
+#[test]
+fn a_replica_cut_short_mid_batch_catches_up_by_request_after_the_origin_grew() {
+    smol::block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut origin = HyperLog::create(&tmp.path().join("o"), None).await.unwrap();
+        origin.append_batch(&blocks(20)).await.unwrap();
+        let mut replica = HyperLog::create_replica(&tmp.path().join("r"), origin.public_key())
+            .await
+            .unwrap();
+        let proofs = origin.export_range(0, 0..20).await.unwrap();
+        replica.apply_proofs(&proofs[..10]).await.unwrap();
+        assert_eq!((replica.len(), replica.contiguous_len()), (20, 10));
+        origin.append_batch(&blocks(10)).await.unwrap();
+
+        // A push from the replica's signed length no longer proves blocks 10..20 ...
+        let pushed = origin.export_range(20, 10..30).await.unwrap();
+        assert!(replica.apply_proof(&pushed[0]).await.is_err());
+        // ... but a request built by the replica does.
+        let request = replica.request_range(10..30).await.unwrap();
+        let answer = origin.answer_request(&request).await.unwrap();
+        assert_eq!(answer.len(), 20);
+        replica.apply_proofs(&answer).await.unwrap();
+        assert_eq!((replica.len(), replica.contiguous_len()), (30, 30));
+        drop(replica);
+        let mut reopened = HyperLog::open(&tmp.path().join("r")).await.unwrap();
+        assert_eq!(reopened.get(29).await.unwrap().unwrap(), b"block 9");
+    });
+}

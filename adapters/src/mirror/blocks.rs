@@ -14,7 +14,7 @@ use hypergate_core::time::UnixTime;
 use super::error::MirrorError;
 use super::record::CoreKey;
 use super::{MirrorStore, dir_bytes};
-use crate::log::{self, HyperLog, LogError, Proof};
+use crate::log::{self, HyperLog, LogError, Proof, RangeRequest};
 
 /// An open core and when it was last used (for the least-recently-used choice).
 #[derive(Debug)]
@@ -130,6 +130,20 @@ impl MirrorStore {
     ) -> Result<Vec<Proof>, MirrorError> {
         let log = self.log_mut(*core).await?;
         log.export_range(remote_length, range)
+            .await
+            .map_err(|e| MirrorError::log(*core, e))
+    }
+
+    /// The request to send a core's owner for blocks `range` (see
+    /// [`HyperLog::request_range`](crate::log::HyperLog::request_range)): works
+    /// from any state an interrupted batch left the mirror in.
+    pub async fn request_range(
+        &mut self,
+        core: &CoreKey,
+        range: Range<u64>,
+    ) -> Result<RangeRequest, MirrorError> {
+        let log = self.log_mut(*core).await?;
+        log.request_range(range)
             .await
             .map_err(|e| MirrorError::log(*core, e))
     }
