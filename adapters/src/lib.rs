@@ -6,6 +6,8 @@
 //! protocol logic belongs in `hypergate-core`.
 //!
 //! - [`framed`]: the peer link's length-prefixed frames over any byte stream.
+//! - [`peer_link`]: the authenticated, encrypted gateway⇄worker link (Noise XX handshake,
+//!   sealed frames, request multiplexing, heartbeats, reconnect backoff).
 //! - [`clock`]: the one place wall-clock and monotonic time are read.
 //! - [`log`]: signed append-only logs (hypercore) and the proofs that replicate them.
 //! - [`relay`]: a worker's relay logs and the reader that turns logs into the relay view.
@@ -27,4 +29,5 @@ pub mod framed;
 pub mod index;
 pub mod log;
 pub mod mirror;
+pub mod peer_link;
 pub mod relay;
