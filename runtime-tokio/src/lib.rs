@@ -4,6 +4,7 @@
 //!
 //! - [`driver`]: the one event loop that owns a core [`Gateway`] on tokio:
 //!   feeds inputs, drains outputs, arms one timer, shuts down cleanly.
+//! - [`escrow`]: the escrow service (`hypergate escrow serve`) and its client.
 //! - [`demo`]: `hypergate demo`, a real-time churn scenario that drives the
 //!   gateway core through worker loss and return (the first-run job until
 //!   the full gateway lands).
@@ -12,3 +13,4 @@
 
 pub mod demo;
 pub mod driver;
+pub mod escrow;

@@ -28,6 +28,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The escrow service: holds relays' sealed gateway writer keys and
+    /// releases them to gateways as leases under the automated policy.
+    Escrow {
+        #[command(subcommand)]
+        command: EscrowCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EscrowCommand {
+    /// Serve the escrow API over mutual TLS (see docs/operations.md, "Escrow service").
+    Serve(Box<hypergate_tokio::escrow::ServeArgs>),
+    // `hypergate escrow migrate` (runtime-tokio/src/admin.rs) joins here.
 }
 
 fn main() -> ExitCode {
@@ -63,6 +76,14 @@ fn main() -> ExitCode {
                     json,
                 })
                 .await
+            }
+            Command::Escrow {
+                command: EscrowCommand::Serve(args),
+            } => {
+                let env = |name: &str| std::env::var(name).ok();
+                let config = hypergate_tokio::escrow::config::resolve(&args, &env)?;
+                hypergate_tokio::escrow::serve(config).await?;
+                Ok(())
             }
         }
     });
