@@ -478,18 +478,18 @@ impl EscrowService {
     ) -> Result<(), ServiceError> {
         let mut owner_entries = Vec::new();
         let mut owner_revocation = None;
-        while let Some(event) = state.escrow.poll_event() {
-            let record = match event {
-                EscrowEvent::LeaseEnded { id, reason } => {
-                    if self.vault.wipe(&id) {
-                        tracing::debug!(lease = %id, reason = reason.as_str(), "lease ended: key wiped");
-                    }
-                    continue;
+        let events: Vec<EscrowEvent> = std::iter::from_fn(|| state.escrow.poll_event()).collect();
+        // Keys go first: wiping depends on no I/O succeeding.
+        for event in &events {
+            if let EscrowEvent::LeaseEnded { id, reason } = event {
+                if self.vault.wipe(id) {
+                    tracing::debug!(lease = %id, reason = reason.as_str(), "lease ended: key wiped");
                 }
-                EscrowEvent::Audit(record) => record,
-                // A future event kind is not ours to record.
-                #[allow(unreachable_patterns)]
-                _ => continue,
+            }
+        }
+        for event in events {
+            let EscrowEvent::Audit(record) = event else {
+                continue;
             };
             let digest = match record.kind {
                 AuditKind::Deposit => pending.payload_digest.clone(),
@@ -592,6 +592,12 @@ impl EscrowService {
             }
         }
         Ok(())
+    }
+
+    /// The leases whose keys the vault holds now (ids only).
+    #[must_use]
+    pub fn held_leases(&self) -> Vec<LeaseId> {
+        self.vault.leases()
     }
 
     /// Wipes every held key (shutdown).
