@@ -96,7 +96,17 @@ async fn deposit_then_unlock_releases_the_writer_key_sealed_to_the_session_key(b
     assert_eq!(again.lease_id, lease.lease_id);
     assert_eq!(again.expires_at, lease.expires_at);
 
-    // Renewal extends; release ends it and the key cannot be fetched again.
+    // Renewal re-checks the policy on fresh evidence, extends, and release
+    // ends the lease; the deposit's one release is then spent.
+    let worker_back = hypergate_core::escrow::Evidence {
+        healthy_peer_count: Some(1),
+        ..evidence_allowing(now())
+    };
+    let refused = gateway_client
+        .renew(lease.lease_id, None, &worker_back)
+        .await
+        .unwrap_err();
+    assert_eq!(refused_with(&refused).2, ["peers-still-healthy"]);
     let renewed = gateway_client
         .renew(lease.lease_id, None, &evidence_allowing(now()))
         .await
@@ -141,6 +151,7 @@ async fn deposit_then_unlock_releases_the_writer_key_sealed_to_the_session_key(b
             "deposit",
             "unlock-issued",
             "unlock-refetched",
+            "unlock-rejected",
             "lease-renewed",
             "lease-released",
             "unlock-rejected"
@@ -469,3 +480,37 @@ async fn an_escrow_restart_keeps_deposits_and_lease_history(backend: Backend) {
     assert!(report.length > audit_before);
 }
 both_backends!(an_escrow_restart_keeps_deposits_and_lease_history);
+
+async fn a_deposit_expiry_is_clamped_to_the_policy_maximum(backend: Backend) {
+    let options = Options {
+        policy: hypergate_core::escrow::PolicyConfig {
+            max_deposit_ttl: Duration::from_secs(3600),
+            ..Default::default()
+        },
+        ..Options::default()
+    };
+    let Some(harness) = Harness::start(backend, options).await else {
+        return;
+    };
+    let escrow = harness.policy().await;
+    let relay = RelayFixture::new();
+    let before = now();
+    let body = hypergate_tokio::escrow::client::deposit_body(
+        &escrow,
+        &hypergate_tokio::escrow::client::DepositParams {
+            package: &relay.package(),
+            relay_key: &relay.relay,
+            permitted_requesters: &[gateway()],
+            expires_at: Some(hypergate_core::time::UnixTime(
+                before.0 + 10 * 24 * 3600 * 1000,
+            )),
+            created_at: before,
+        },
+    )
+    .unwrap();
+    let receipt = harness.client("worker").deposit(&body).await.unwrap();
+    let expires_at = receipt["expiresAt"].as_u64().unwrap();
+    assert!(expires_at >= before.0 + 3_600_000, "{receipt}");
+    assert!(expires_at <= now().0 + 3_600_000, "{receipt}");
+}
+both_backends!(a_deposit_expiry_is_clamped_to_the_policy_maximum);

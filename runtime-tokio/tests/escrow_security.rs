@@ -65,22 +65,64 @@ fn error_code(response: &RawResponse) -> String {
         .to_owned()
 }
 
+/// One HTTP request over a raw TLS connection presenting `client`'s
+/// certificate (or none); the raw answer, or the I/O error (a TLS alert).
+async fn raw_tls_request(harness: &Harness, client: Option<&str>) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tls = harness.pki.client_tls(client);
+    let builder =
+        rustls::ClientConfig::builder_with_provider(hypergate_tokio::escrow::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(tls.roots);
+    let mut config = match tls.identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key.clone_key())
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(harness.addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    stream
+        .write_all(
+            b"GET /api/escrow/health HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+        )
+        .await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    Ok(answer)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_without_a_certificate_is_refused_at_the_tls_layer() {
     let harness = embedded().await;
     let anonymous = harness.client_with("gateway", harness.pki.client_tls(None));
     let refused = anonymous.health().await.unwrap_err();
-    let ClientError::Transport(detail) = &refused else {
-        panic!("expected a TLS failure before any HTTP, got {refused:?}");
-    };
-    assert!(detail.contains("CertificateRequired"), "{detail}");
+    assert!(
+        matches!(refused, ClientError::Transport(_)),
+        "expected a failure before any HTTP answer, got {refused:?}"
+    );
+    // At the TLS layer: a raw connection without a certificate gets the
+    // server's `certificate_required` alert instead of an HTTP answer.
+    let alert = raw_tls_request(&harness, None).await.unwrap_err();
+    assert!(alert.to_string().contains("CertificateRequired"), "{alert}");
 
     // A certificate from another CA is refused the same way.
     let rogue = harness.client_with("gateway", harness.pki.client_tls(Some("rogue")));
     let refused = rogue.health().await.unwrap_err();
+    assert!(matches!(refused, ClientError::Transport(_)), "{refused:?}");
+    let alert = raw_tls_request(&harness, Some("rogue")).await.unwrap_err();
+    assert!(alert.to_string().contains("alert"), "{alert}");
+    // The same raw request with a trusted certificate is answered.
+    let answer = raw_tls_request(&harness, Some("gateway")).await.unwrap();
     assert!(
-        matches!(&refused, ClientError::Transport(detail) if detail.contains("alert")),
-        "{refused:?}"
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
     );
 
     // Plain HTTP to the TLS port gets no HTTP answer either.

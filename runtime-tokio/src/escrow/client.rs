@@ -11,16 +11,15 @@
 //! and never appear in errors or `Debug` output.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use crypto_box::aead::OsRng;
 use ed25519_dalek::{Signer, SigningKey};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
-use hyper::{Method, Request, Uri};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, Uri};
 use hypergate_adapters::crypto::{PackageError, SealedEnvelope, WriterPackage};
 use hypergate_core::escrow::{Evidence, PolicyConfig};
 use hypergate_core::ids::{PeerId, RelayKey};
@@ -28,14 +27,13 @@ use hypergate_core::lease::LeaseId;
 use hypergate_core::time::UnixTime;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{Map, Value, json};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 use zeroize::Zeroizing;
 
 use crate::escrow::auth::{
     CLIENT_ID_HEADER, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, stable_stringify,
 };
-use crate::escrow::tls::{provider, read_certificates, read_private_key, read_roots};
+use crate::escrow::tls::{read_certificates, read_private_key, read_roots};
 use crate::escrow::wire::deposit_signing_digest;
 
 /// The largest response body read.
@@ -288,8 +286,9 @@ pub fn sign_deposit(body: Value, relay_key: &SigningKey) -> Result<Value, Client
     Ok(Value::Object(map))
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+mod transport;
+
+use transport::client_config;
 
 struct Target {
     https: bool,
@@ -615,118 +614,6 @@ impl EscrowClient {
             .cloned()
             .ok_or_else(|| ClientError::Decode("leases missing".into()))
     }
-
-    // ---- transport ----
-
-    async fn exchange(
-        &self,
-        method: &Method,
-        path: &str,
-        headers: &[(&str, String)],
-        body: &Bytes,
-    ) -> Result<RawResponse, ClientError> {
-        let target = &self.inner.target;
-        let mut builder = Request::builder()
-            .method(method.clone())
-            .uri(format!("{}{path}", target.base_path))
-            .header("host", format!("{}:{}", target.host, target.port));
-        for (name, value) in headers {
-            builder = builder.header(*name, value);
-        }
-        let request = builder
-            .body(Full::new(body.clone()))
-            .map_err(|error| ClientError::Config(format!("request: {error}")))?;
-        let (mut sender, reused) = self.connection().await?;
-        let response = sender.send_request(request).await.map_err(|error| {
-            let prefix = if reused && (error.is_canceled() || error.is_incomplete_message()) {
-                "reused: "
-            } else {
-                ""
-            };
-            ClientError::Transport(format!("{prefix}{}", describe(&error)))
-        })?;
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
-        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|error| ClientError::Transport(format!("reading the answer: {error}")))?
-            .to_bytes();
-        if !sender.is_closed() {
-            let mut idle = self
-                .inner
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if idle.len() < POOL_SIZE {
-                idle.push(sender);
-            }
-        }
-        Ok(RawResponse {
-            status,
-            content_type,
-            body,
-        })
-    }
-
-    /// A ready connection: a pooled one, or a new one.
-    async fn connection(&self) -> Result<(SendRequest<Full<Bytes>>, bool), ClientError> {
-        loop {
-            let pooled = self
-                .inner
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop();
-            let Some(mut sender) = pooled else { break };
-            if !sender.is_closed() && sender.ready().await.is_ok() {
-                return Ok((sender, true));
-            }
-        }
-        Ok((self.connect().await?, false))
-    }
-
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
-        let target = &self.inner.target;
-        let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(|error| ClientError::Transport(format!("connect: {error}")))?;
-        let _ = tcp.set_nodelay(true);
-        let io: Box<dyn Io> = match (&self.inner.connector, target.https) {
-            (Some(connector), true) => Box::new(
-                connector
-                    .connect(target.server_name.clone(), tcp)
-                    .await
-                    .map_err(|error| ClientError::Transport(format!("TLS: {error}")))?,
-            ),
-            _ => Box::new(tcp),
-        };
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-            .await
-            .map_err(|error| ClientError::Transport(describe(&error)))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "escrow client connection ended");
-            }
-        });
-        Ok(sender)
-    }
-}
-
-/// An error with its causes (where a TLS alert usually hides).
-fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn parse_lease(text: &str) -> Result<LeaseId, ClientError> {
@@ -739,19 +626,4 @@ fn parse_lease(text: &str) -> Result<LeaseId, ClientError> {
         relay: relay.parse().map_err(|_| malformed())?,
         epoch: epoch.parse().map_err(|_| malformed())?,
     })
-}
-
-fn client_config(tls: ClientTls) -> Result<rustls::ClientConfig, ClientError> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|error| ClientError::Config(error.to_string()))?
-        .with_root_certificates(tls.roots);
-    let mut config = match tls.identity {
-        Some((chain, key)) => builder
-            .with_client_auth_cert(chain, key.clone_key())
-            .map_err(|error| ClientError::Config(format!("client certificate: {error}")))?,
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
 }
