@@ -613,3 +613,66 @@ async fn new_certificate_files_are_served_without_a_restart() {
         "ok"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failure_after_the_audit_entry_is_recorded_as_aborted_and_releases_nothing() {
+    let Some(harness) = Harness::start(Backend::Postgres, Options::default()).await else {
+        return;
+    };
+    let db = harness.db.as_ref().unwrap();
+    let escrow = harness.policy().await;
+    let relay = RelayFixture::new();
+    harness
+        .client("worker")
+        .deposit(&relay.deposit(&escrow, &[gateway()]))
+        .await
+        .unwrap();
+    // The lease table disappears between the audit append and the store write.
+    db.execute("ALTER TABLE escrow_lease_history RENAME TO escrow_lease_history_away");
+    let gateway_client = harness.client("gateway");
+    let failed = gateway_client
+        .unlock(
+            relay.key(),
+            None,
+            &evidence_allowing(now()),
+            &escrow.public_key,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&failed, ClientError::Refused { status: 503, code, .. } if code == "store-unavailable"),
+        "{failed:?}"
+    );
+    let service = harness.server.as_ref().unwrap().service();
+    assert!(
+        service.held_leases().is_empty(),
+        "no key is held for the aborted lease"
+    );
+    let report = hypergate_adapters::audit::AuditLog::verify(&harness.audit_dir())
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = report
+        .entries
+        .iter()
+        .map(|entry| entry.event.kind.as_str())
+        .collect();
+    assert_eq!(kinds, ["deposit", "unlock-issued", "unlock-aborted"]);
+    assert_eq!(
+        report.entries[2].event.reason.as_deref(),
+        Some("store-unavailable")
+    );
+
+    // With the table back, the same unlock succeeds: the aborted one spent nothing.
+    db.execute("ALTER TABLE escrow_lease_history_away RENAME TO escrow_lease_history");
+    let lease = gateway_client
+        .unlock(
+            relay.key(),
+            None,
+            &evidence_allowing(now()),
+            &escrow.public_key,
+        )
+        .await
+        .unwrap();
+    assert_eq!(lease.lease_id.epoch, 1);
+    assert!(!lease.refetched);
+}

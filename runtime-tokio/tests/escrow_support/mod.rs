@@ -223,6 +223,15 @@ impl TestDatabase {
         })
     }
 
+    /// Runs `sql` (statements without results) in the test database.
+    pub(crate) fn execute(&self, sql: &str) {
+        let (config, sql) = (self.settings.config.clone(), sql.to_owned());
+        on_thread(move || {
+            let mut client = config.connect(postgres::NoTls).unwrap();
+            client.batch_execute(&sql).unwrap();
+        });
+    }
+
     /// Runs `sql` in the test database and returns the first column of each row as text.
     pub(crate) fn query_texts(&self, sql: &str) -> Vec<String> {
         let (config, sql) = (self.settings.config.clone(), sql.to_owned());
