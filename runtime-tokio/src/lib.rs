@@ -4,10 +4,10 @@
 //!
 //! - [`driver`]: the one event loop that owns a core [`Gateway`] on tokio:
 //!   feeds inputs, drains outputs, arms one timer, shuts down cleanly.
+//! - [`escrow`]: the escrow service (`hypergate escrow serve`) and its client.
 //! - [`demo`]: `hypergate demo`, a real-time churn scenario that drives the
 //!   gateway core through worker loss and return (the first-run job until
 //!   the full gateway lands).
-//!
 //! - [`admin`]: operator commands over stored state (`hypergate audit verify`,
 //!   `hypergate escrow migrate`).
 //!
@@ -16,3 +16,4 @@
 pub mod admin;
 pub mod demo;
 pub mod driver;
+pub mod escrow;

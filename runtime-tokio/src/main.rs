@@ -34,7 +34,8 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// The escrow service and its store.
+    /// The escrow service: holds relays' sealed gateway writer keys and
+    /// releases them to gateways as leases under the automated policy.
     Escrow {
         #[command(subcommand)]
         command: EscrowCommand,
@@ -60,6 +61,8 @@ enum AuditCommand {
 
 #[derive(Debug, Subcommand)]
 enum EscrowCommand {
+    /// Serve the escrow API over mutual TLS (see docs/operations.md, "Escrow service").
+    Serve(Box<hypergate_tokio::escrow::ServeArgs>),
     /// Apply the escrow schema's pending migrations to PostgreSQL (idempotent;
     /// safe to run concurrently).
     Migrate {
@@ -111,6 +114,14 @@ fn main() -> ExitCode {
             })
             .await
             .map(|()| ExitCode::SUCCESS),
+            Command::Escrow {
+                command: EscrowCommand::Serve(args),
+            } => {
+                let env = |name: &str| std::env::var(name).ok();
+                let config = hypergate_tokio::escrow::config::resolve(&args, &env)?;
+                hypergate_tokio::escrow::serve(config).await?;
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {
