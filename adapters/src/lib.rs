@@ -16,6 +16,7 @@
 //! - [`audit`]: the escrow's append-only, verifiable audit log on a hypercore.
 //! - [`escrow_store`]: the escrow service's deposits, lease history and audit
 //!   index, embedded (redb) or on PostgreSQL.
+//! - [`escrow_wire`]: the escrow API's strict request parsers and canonical JSON.
 //! - [`mirror`]: the blind-peer store of verified cores replicated from workers.
 //! - [`index`]: the relay index (one redb file per relay answering NIP-01 filters) and the live
 //!   feed of newly visible events.
@@ -25,6 +26,7 @@ pub mod clock;
 pub mod crypto;
 pub mod drive;
 pub mod escrow_store;
+pub mod escrow_wire;
 pub mod framed;
 pub mod index;
 pub mod log;

@@ -1,10 +1,13 @@
-//! The storage decoders under one fuzz entry point, `storage_decode`: the first
+//! The decoders under two fuzz entry points. Storage:  `storage_decode`: the first
 //! input byte picks the decoder, the rest is its input. Each decoder must return
 //! a value or an error for any bytes (never panic, never allocate without bound),
 //! and a value it returns must encode back to bytes that decode to the same value.
 //!
-//! The fuzz target and the corpus replay (`tests/fuzz_corpus.rs`) both call
-//! [`check_storage_input`], so CI replays exactly what the fuzzer ran.
+//! Network-facing: `service_decode` ([`check_service_input`]) — the escrow API's
+//! request bodies and the peer link's handshake and record decoders.
+//!
+//! The fuzz targets and the corpus replay (`tests/fuzz_corpus.rs`) call the same
+//! functions, so CI replays exactly what the fuzzer ran.
 
 use hypergate_adapters::crypto::SealedEnvelope;
 use hypergate_adapters::drive::{decode_meta_block, encode_meta_block};
@@ -100,5 +103,39 @@ pub fn check_storage_input(data: &[u8]) -> bool {
             }
             Err(_) => false,
         },
+    }
+}
+
+/// Runs one input through the network-facing parsers, for the `service_decode`
+/// fuzz target: the first byte picks the parser — the escrow API's five request
+/// bodies, and the peer link's identity proof, handshake responder, record
+/// stream and sealed stream. None may panic; returns whether the input was
+/// accepted.
+pub fn check_service_input(data: &[u8]) -> bool {
+    use hypergate_adapters::crypto::Identity;
+    use hypergate_adapters::escrow_wire as escrow;
+    use hypergate_adapters::peer_link::{
+        Responder, decode_identity_proof, decode_record_stream, decode_sealed_stream,
+    };
+
+    /// Frames bigger than this are refused by the record decoders (as a link would).
+    const MAX_FRAME: usize = 1 << 20;
+    let Some((&selector, input)) = data.split_first() else {
+        return false;
+    };
+    match selector % 9 {
+        0 => escrow::parse_deposit_request(input).is_ok(),
+        1 => escrow::parse_unlock_request(input).is_ok(),
+        2 => escrow::parse_revoke_request(input).is_ok(),
+        3 => escrow::parse_renew_request(input).is_ok(),
+        4 => escrow::parse_release_request(input).is_ok(),
+        5 => decode_identity_proof(input).is_ok(),
+        6 => {
+            let identity =
+                Identity::from_signing_key(ed25519_dalek::SigningKey::from_bytes(&[7; 32]));
+            Responder::new(&identity).is_ok_and(|responder| responder.respond(input).is_ok())
+        }
+        7 => decode_record_stream(input, MAX_FRAME).is_ok(),
+        _ => decode_sealed_stream([9; 32], input, MAX_FRAME).is_ok(),
     }
 }

@@ -267,48 +267,7 @@ impl Authenticated {
     }
 }
 
-/// JSON with object keys sorted (by their UTF-8 bytes), recursively; arrays
-/// keep their order; compact. The original's `stableStringify` for the
-/// bodies this API exchanges (their keys are ASCII and their numbers
-/// integers, where both orders and number forms agree with JavaScript's).
-#[must_use]
-pub fn stable_stringify(value: &Value) -> String {
-    let mut out = String::new();
-    write_stable(value, &mut out);
-    out
-}
-
-fn write_stable(value: &Value, out: &mut String) {
-    match value {
-        Value::Object(map) => {
-            // Sorted here rather than trusting the map's order: serde_json's
-            // `preserve_order` feature, if any crate turns it on, keeps insertion order.
-            let sorted: BTreeMap<&str, &Value> =
-                map.iter().map(|(key, item)| (key.as_str(), item)).collect();
-            out.push('{');
-            for (index, (key, item)) in sorted.into_iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(key.to_owned()).to_string());
-                out.push(':');
-                write_stable(item, out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (index, item) in items.iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                write_stable(item, out);
-            }
-            out.push(']');
-        }
-        scalar => out.push_str(&scalar.to_string()),
-    }
-}
+pub use hypergate_adapters::escrow_wire::stable_stringify;
 
 /// The bytes a request's MAC covers.
 #[must_use]

@@ -41,7 +41,8 @@ pub mod server;
 pub mod service;
 mod sweep;
 pub mod tls;
-pub mod wire;
+/// The request parsers live in `hypergate_adapters::escrow_wire` (the fuzz targets use them).
+pub use hypergate_adapters::escrow_wire as wire;
 
 pub use client::{EscrowClient, EscrowClientConfig};
 pub use config::{EscrowConfig, ServeArgs};

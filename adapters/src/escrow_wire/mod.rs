@@ -1,4 +1,5 @@
-//! The escrow API's request bodies: strict, bounded parsers that never panic
+//! The escrow API's request bodies (shared by the escrow service, its client and the fuzz
+//! targets, so it lives here rather than in the tokio runtime): strict, bounded parsers that never panic
 //! (the lead fuzzes [`parse_deposit_request`], [`parse_unlock_request`] and
 //! [`parse_revoke_request`]), and the deposit's owner-signature digest.
 //!
@@ -16,18 +17,16 @@
 //!   deposit body without its `ownerSignature` field. [`DepositRequest::verify_owner_signature`]
 //!   checks it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
+use crate::crypto::{SealError, SealedEnvelope};
 use ed25519_dalek::{Signature, VerifyingKey};
-use hypergate_adapters::crypto::{SealError, SealedEnvelope};
 use hypergate_core::escrow::Evidence;
 use hypergate_core::ids::{PeerId, RelayKey};
 use hypergate_core::lease::{EndReason, LeaseId};
 use hypergate_core::time::UnixTime;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-
-use crate::escrow::auth::stable_stringify;
 
 /// The largest request body (the original's 256 kb JSON limit).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -563,6 +562,49 @@ fn checked_text(text: &str, field: &'static str) -> Result<String, RequestError>
         return Err(out_of_bounds(field, "contains control characters".into()));
     }
     Ok(text.to_owned())
+}
+
+/// JSON with object keys sorted (by their UTF-8 bytes), recursively; arrays
+/// keep their order; compact. The original's `stableStringify` for the
+/// bodies this API exchanges (their keys are ASCII and their numbers
+/// integers, where both orders and number forms agree with JavaScript's).
+#[must_use]
+pub fn stable_stringify(value: &Value) -> String {
+    let mut out = String::new();
+    write_stable(value, &mut out);
+    out
+}
+
+fn write_stable(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            // Sorted here rather than trusting the map's order: serde_json's
+            // `preserve_order` feature, if any crate turns it on, keeps insertion order.
+            let sorted: BTreeMap<&str, &Value> =
+                map.iter().map(|(key, item)| (key.as_str(), item)).collect();
+            out.push('{');
+            for (index, (key, item)) in sorted.into_iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.to_owned()).to_string());
+                out.push(':');
+                write_stable(item, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                write_stable(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
 }
 
 #[cfg(test)]
