@@ -56,7 +56,7 @@ fn spawn(pki: &Pki, data: &std::path::Path, database_url: Option<&str>) -> Escro
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(url) = database_url {
-        command.env("ESCROW_DATABASE_URL", url).arg("--migrate");
+        command.env("ESCROW_DATABASE_URL", url);
     }
     let mut child = command.spawn().unwrap();
     let output = Arc::new(Mutex::new(String::new()));

@@ -439,7 +439,12 @@ fn resolve_store(
         ],
         Duration::from_secs(10),
     )?;
-    let migrate = l.flag_or_bool(args.migrate, &["HYPERGATE_ESCROW_MIGRATE"])?;
+    // Migrations run at start unless turned off: the schema a build needs is the one it brings.
+    let migrate = !args.no_migrate
+        && match l.get(None, "", &["HYPERGATE_ESCROW_MIGRATE"]) {
+            None => true,
+            Some((text, source_name)) => parse_bool(&text, &source_name)?,
+        };
     Ok(StoreChoice::Postgres {
         settings: Box::new(settings),
         migrate,

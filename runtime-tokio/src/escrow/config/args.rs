@@ -59,9 +59,10 @@ pub struct ServeArgs {
     /// Idle connection timeout, ms [env: HYPERGATE_ESCROW_DB_IDLE_TIMEOUT_MS, ESCROW_DB_IDLE_TIMEOUT_MS; default 10000]
     #[arg(long)]
     pub db_idle_timeout_ms: Option<String>,
-    /// Apply pending PostgreSQL migrations before serving [env: HYPERGATE_ESCROW_MIGRATE]
+    /// Do not apply pending PostgreSQL migrations before serving (they are applied by
+    /// default; `hypergate escrow migrate` applies them alone) [env: HYPERGATE_ESCROW_MIGRATE=false]
     #[arg(long)]
-    pub migrate: bool,
+    pub no_migrate: bool,
     /// Do not serve metrics [env: HYPERGATE_ESCROW_METRICS_DISABLED, ESCROW_METRICS_DISABLED]
     #[arg(long)]
     pub metrics_disabled: bool,

@@ -104,7 +104,7 @@ fn a_database_url_selects_postgres_unless_disabled() {
         panic!("postgres expected");
     };
     assert_eq!(settings.pool_size, 9);
-    assert!(!migrate);
+    assert!(migrate, "migrations run at start by default");
     let off = env_of(&[
         ("ESCROW_DATABASE_URL", "postgres://gateway@127.0.0.1/db"),
         ("ESCROW_DB_ENABLED", "false"),
