@@ -247,6 +247,13 @@ impl Session {
         self.publishes.values().map(|&n| n as usize).sum()
     }
 
+    /// Whether effects are waiting for [`Session::poll_effect`] (so an adapter can skip taking
+    /// a shared relay's lock when there is nothing to execute).
+    #[must_use]
+    pub fn has_pending_effects(&self) -> bool {
+        !self.effects.is_empty()
+    }
+
     /// When the client last sent a frame.
     #[must_use]
     pub fn last_client_frame_at(&self) -> Option<Instant> {
