@@ -95,7 +95,9 @@ fn run(dir: &Path, relay: &str, extra: &[&str]) -> Worker {
 }
 
 async fn connect(worker: &Worker) -> Ws {
-    let (ws, _) = tokio_tungstenite::connect_async(worker.url()).await.unwrap();
+    let (ws, _) = tokio_tungstenite::connect_async(worker.url())
+        .await
+        .unwrap();
     ws
 }
 
@@ -180,7 +182,11 @@ async fn a_published_event_is_read_back_delivered_live_and_a_tampered_one_is_ref
     let live = received_event(&next(&mut listener).await, "live");
     assert_eq!(live, event);
 
-    send(&mut client, json!(["REQ", "back", {"ids": [event.id.to_hex()]}])).await;
+    send(
+        &mut client,
+        json!(["REQ", "back", {"ids": [event.id.to_hex()]}]),
+    )
+    .await;
     assert_eq!(received_event(&next(&mut client).await, "back"), event);
     assert_eq!(next(&mut client).await, json!(["EOSE", "back"]));
 
@@ -191,7 +197,10 @@ async fn a_published_event_is_read_back_delivered_live_and_a_tampered_one_is_ref
     assert_eq!(reply[0], "OK");
     assert_eq!(reply[1], event.id.to_hex());
     assert_eq!(reply[2], false);
-    assert!(reply[3].as_str().unwrap().starts_with("invalid:"), "{reply}");
+    assert!(
+        reply[3].as_str().unwrap().starts_with("invalid:"),
+        "{reply}"
+    );
 
     let other = signed(&author, 1_700_000_001, 1, "another");
     let mut forged = event_json(&other);
@@ -206,7 +215,12 @@ async fn a_published_event_is_read_back_delivered_live_and_a_tampered_one_is_ref
     send(&mut client, json!(["EVENT", event_json(&event)])).await;
     assert_eq!(
         next(&mut client).await,
-        json!(["OK", event.id.to_hex(), true, "duplicate: already have this event"])
+        json!([
+            "OK",
+            event.id.to_hex(),
+            true,
+            "duplicate: already have this event"
+        ])
     );
     send(&mut client, json!(["REQ", "none", {"limit": 0}])).await;
     assert_eq!(next(&mut client).await, json!(["EOSE", "none"]));
@@ -266,7 +280,10 @@ async fn nip11_document_is_served_to_accept_nostr_json() {
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     let head = head.to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert!(head.contains("content-type: application/nostr+json"), "{head}");
+    assert!(
+        head.contains("content-type: application/nostr+json"),
+        "{head}"
+    );
     assert!(head.contains("access-control-allow-origin: *"), "{head}");
     let document: Value = serde_json::from_str(body).unwrap();
     assert_eq!(document["supported_nips"], json!([1, 9, 11]));
@@ -285,9 +302,10 @@ async fn a_client_that_stops_reading_is_disconnected_and_others_keep_being_serve
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(worker.addr).await.unwrap();
-    let (mut slow, _) = tokio_tungstenite::client_async(worker.url(), MaybeTlsStream::Plain(stream))
-        .await
-        .unwrap();
+    let (mut slow, _) =
+        tokio_tungstenite::client_async(worker.url(), MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
     send(&mut slow, json!(["REQ", "all", {"limit": 0}])).await;
     assert_eq!(next(&mut slow).await, json!(["EOSE", "all"]));
 
@@ -313,10 +331,79 @@ async fn a_client_that_stops_reading_is_disconnected_and_others_keep_being_serve
             Err(_) => panic!("the slow client was never disconnected ({delivered} frames read)"),
         }
     }
-    assert!(delivered < published, "{delivered} of {published} delivered");
+    assert!(
+        delivered < published,
+        "{delivered} of {published} delivered"
+    );
 
     // Others are unaffected.
     send(&mut fast, json!(["REQ", "count", {"limit": 1}])).await;
     assert_eq!(next(&mut fast).await[0], "EVENT");
     assert_eq!(next(&mut fast).await, json!(["EOSE", "count"]));
+}
+
+/// Whether a program runs (`<program> --version` succeeds).
+fn available(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nostr_tools_publishes_reads_back_follows_live_and_sees_a_tampered_event_refused() {
+    if !(available("npm") && available("node")) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs node and npm for the nostr-tools test"
+        );
+        eprintln!("skipping the nostr-tools test: node or npm is not installed (CI is unset)");
+        return;
+    }
+    let client_dir = tempfile::tempdir().unwrap();
+    let install = Command::new("npm")
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--silent",
+            "nostr-tools@2",
+            "ws@8",
+        ])
+        .current_dir(client_dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        install.status.success(),
+        "npm install failed: {}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let script = client_dir.path().join("client.mjs");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/js/nostr_tools_client.mjs"
+        ),
+        &script,
+    )
+    .unwrap();
+
+    let (_dir, worker) = started_worker();
+    let url = worker.url();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node").arg(&script).arg(url).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "nostr-tools client failed: {stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["ok"], true);
+    assert!(report["refusal"].as_str().unwrap().contains("invalid:"));
 }
