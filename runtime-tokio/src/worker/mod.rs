@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use axum::serve::ListenerExt;
 use hypergate_adapters::crypto::Identity;
 use hypergate_adapters::index::QueryLimits;
 use hypergate_adapters::relay::{HostConfig, IndexedRelay, RelayHost, RelayLogs};
@@ -154,6 +155,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             outbound_queue: options.outbound_queue,
         },
         shutdown,
+    });
+    // Frames are small and many (an EVENT per stored event, then EOSE): without TCP_NODELAY,
+    // Nagle's algorithm and delayed ACKs hold each answer back by ~40 ms.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
     });
     axum::serve(listener, server::router(state))
         .with_graceful_shutdown(async move {
