@@ -407,3 +407,62 @@ async fn nostr_tools_publishes_reads_back_follows_live_and_sees_a_tampered_event
     assert_eq!(report["ok"], true);
     assert!(report["refusal"].as_str().unwrap().contains("invalid:"));
 }
+
+#[test]
+fn init_keeps_keys_private_reports_its_keys_and_refuses_a_second_init() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("worker");
+    let report = init(&data);
+    let relay = report["relayKey"].as_str().unwrap();
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let relay_dir = data.join("relays").join(relay);
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("relays")), 0o700);
+    assert_eq!(mode(&data.join("identity.json")), 0o600);
+    assert_eq!(mode(&relay_dir.join("owner.json")), 0o600);
+
+    let identity: Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("identity.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["peerId"], identity["publicKey"]);
+    let owner: Value =
+        serde_json::from_str(&std::fs::read_to_string(relay_dir.join("owner.json")).unwrap())
+            .unwrap();
+    assert_eq!(owner["publicKey"], relay);
+    assert_eq!(
+        report["url"],
+        format!("ws://127.0.0.1:8480/relay/{relay}").as_str()
+    );
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(relay_dir.join("relay.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["writerKey"], report["writerKey"]);
+    assert!(
+        relay_dir
+            .join("writers")
+            .join(record["writerKey"].as_str().unwrap())
+            .is_dir()
+    );
+
+    let again = Command::new(BIN)
+        .args(["worker", "init", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds relay"));
+}
+
+#[test]
+fn run_without_init_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BIN)
+        .args(["worker", "run", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("hypergate worker init"));
+}
