@@ -202,6 +202,8 @@ pub struct Session {
     transmits: VecDeque<RelayMessage>,
     effects: VecDeque<Effect>,
     last_client_frame_at: Option<Instant>,
+    /// Set by [`Session::handle_disconnect`]: late results are ignored, nothing is sent.
+    disconnected: bool,
 }
 
 impl Session {
@@ -218,6 +220,7 @@ impl Session {
             transmits: VecDeque::new(),
             effects: VecDeque::new(),
             last_client_frame_at: None,
+            disconnected: false,
         }
     }
 
@@ -381,6 +384,9 @@ impl Session {
         event_id: EventId,
         outcome: PublishOutcome,
     ) -> Result<(), SessionError> {
+        if self.disconnected {
+            return Ok(());
+        }
         match self.publishes.get_mut(&event_id) {
             Some(count) if *count > 1 => *count -= 1,
             Some(_) => {
@@ -422,6 +428,7 @@ impl Session {
         self.queries.clear();
         self.publishes.clear();
         self.transmits.clear();
+        self.disconnected = true;
         self.effects
             .retain(|effect| matches!(effect, Effect::Unsubscribe { .. }));
     }

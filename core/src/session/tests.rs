@@ -479,8 +479,15 @@ fn disconnect_unsubscribes_every_open_subscription_and_drops_unsent_frames() {
     let mut s = session();
     s.handle_client_text(r#"["REQ","k1",{"limit":0}]"#, now());
     s.handle_client_text(r#"["REQ","k2",{}]"#, now());
+    let event = note(3, 1, "in flight");
+    s.handle_client_text(&format!(r#"["EVENT",{}]"#, event.to_json()), now());
     let _ = effects(&mut s);
     s.handle_disconnect();
+    // The publish in flight still completes in the adapter; its late result is ignored.
+    assert_eq!(
+        s.handle_publish_result(event.id, PublishOutcome::Accepted),
+        Ok(())
+    );
     assert!(frames(&mut s).is_empty());
     assert_eq!(
         effects(&mut s),
