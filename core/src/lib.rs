@@ -15,6 +15,8 @@
 //! - [`gateway`]: the composition that wires registry, health and router.
 //! - [`wire`]: the versioned postcard codec of the gateway⇄worker peer link.
 //! - [`nostr`]: NIP-01 frames, filters, event ids and signatures.
+//! - [`session`]: one client connection's NIP-01 conversation with a relay (REQ, EVENT,
+//!   CLOSE, live delivery), whose effects an adapter executes against the relay's index.
 //! - [`timer`]: the deadline queue behind every `poll_timeout`.
 //! - [`ids`], [`time`]: identities and time types shared by all of the above.
 
@@ -31,6 +33,7 @@ pub mod push;
 pub mod registry;
 pub mod relay;
 pub mod router;
+pub mod session;
 pub mod time;
 pub mod timer;
 pub mod wire;
@@ -43,4 +46,5 @@ const _: fn() = || {
     assert_send::<registry::Registry>();
     assert_send::<health::Health>();
     assert_send::<router::Router>();
+    assert_send::<session::Session>();
 };

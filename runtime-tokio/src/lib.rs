@@ -8,6 +8,8 @@
 //! - [`demo`]: `hypergate demo`, a real-time churn scenario that drives the
 //!   gateway core through worker loss and return (the first-run job until
 //!   the full gateway lands).
+//! - [`worker`]: `hypergate worker init|run`, a worker serving its relays over NIP-01
+//!   WebSocket and NIP-11 on a local port.
 //! - [`admin`]: operator commands over stored state (`hypergate audit verify`,
 //!   `hypergate escrow migrate`).
 //!
@@ -17,3 +19,4 @@ pub mod admin;
 pub mod demo;
 pub mod driver;
 pub mod escrow;
+pub mod worker;

@@ -1,5 +1,6 @@
 //! The `hypergate` command.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -39,6 +40,57 @@ enum Command {
     Escrow {
         #[command(subcommand)]
         command: EscrowCommand,
+    },
+    /// A worker: hosts relays on disk and serves them to Nostr clients.
+    Worker {
+        #[command(subcommand)]
+        command: WorkerCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkerCommand {
+    /// Create the data directory: the worker identity and a first relay (owner key, owner log,
+    /// the worker's writer log). Prints the relay key, the peer id and the WebSocket URL.
+    Init {
+        /// The data directory (created with mode 0700).
+        #[arg(long, env = "HYPERGATE_WORKER_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The address `run` will listen on (for the printed URL).
+        #[arg(
+            long,
+            default_value = "127.0.0.1:8480",
+            env = "HYPERGATE_WORKER_LISTEN"
+        )]
+        listen: SocketAddr,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve every relay of the data directory over NIP-01 WebSocket and NIP-11 at
+    /// /relay/<relayKey> (and / when there is one relay).
+    Run {
+        /// The data directory made by `hypergate worker init`.
+        #[arg(long, env = "HYPERGATE_WORKER_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Where to listen.
+        #[arg(
+            long,
+            default_value = "127.0.0.1:8480",
+            env = "HYPERGATE_WORKER_LISTEN"
+        )]
+        listen: SocketAddr,
+        /// Frames queued per connection; a client that lets them pile up is disconnected.
+        #[arg(long, default_value_t = 1024, env = "HYPERGATE_WORKER_OUTBOUND_QUEUE")]
+        outbound_queue: usize,
+        /// Longest client frame in bytes (longer ones get a NOTICE; over twice this, the
+        /// connection is closed).
+        #[arg(
+            long,
+            default_value_t = 131_072,
+            env = "HYPERGATE_WORKER_MAX_FRAME_BYTES"
+        )]
+        max_frame_bytes: usize,
     },
 }
 
@@ -103,6 +155,36 @@ fn main() -> ExitCode {
             Command::Escrow {
                 command: EscrowCommand::Migrate { database_url, json },
             } => hypergate_tokio::admin::escrow_migrate(database_url, json).await,
+            Command::Worker {
+                command:
+                    WorkerCommand::Init {
+                        data_dir,
+                        listen,
+                        json,
+                    },
+            } => hypergate_tokio::worker::init(hypergate_tokio::worker::InitOptions {
+                data_dir,
+                listen,
+                json,
+            })
+            .await
+            .map(|()| ExitCode::SUCCESS),
+            Command::Worker {
+                command:
+                    WorkerCommand::Run {
+                        data_dir,
+                        listen,
+                        outbound_queue,
+                        max_frame_bytes,
+                    },
+            } => hypergate_tokio::worker::run(hypergate_tokio::worker::RunOptions {
+                data_dir,
+                listen,
+                outbound_queue,
+                max_frame_bytes,
+            })
+            .await
+            .map(|()| ExitCode::SUCCESS),
             Command::Demo {
                 workers,
                 heartbeat_ms,

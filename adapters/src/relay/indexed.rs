@@ -17,8 +17,8 @@ use hypergate_core::relay::ViewChange;
 
 use super::reader::{BlockSource, RelayReader};
 use crate::index::{
-    IndexChange, IndexError, LiveFeed, LiveReceiver, QueryLimits, QueryResult, RelayIndex,
-    SubscriberId,
+    IndexChange, IndexError, LiveFeed, LiveReceiver, Published, QueryLimits, QueryResult,
+    RelayIndex, SubscriberId,
 };
 
 /// Why a catch-up of an indexed relay failed.
@@ -139,6 +139,12 @@ impl IndexedRelay {
     /// Registers a live subscription; new matching events arrive on the receiver.
     pub fn subscribe(&mut self, filters: Vec<Filter>) -> (SubscriberId, LiveReceiver) {
         self.feed.subscribe(filters)
+    }
+
+    /// Offers events that are delivered but never stored (ephemeral kinds) to live
+    /// subscribers, exactly as a catch-up offers newly visible ones.
+    pub fn broadcast(&mut self, events: &[Event]) -> Published {
+        self.feed.publish(events)
     }
 
     /// Ends a live subscription.

@@ -19,16 +19,24 @@
 //!   the changes stay exact.
 //! - [`IndexedRelay`] keeps a reader's view in an on-disk [`crate::index::RelayIndex`]
 //!   and offers newly visible events to live subscribers.
+//! - [`RelayHost`] serves one relay to NIP-01 clients: it executes the core
+//!   session's effects (queries against the index, publishes appended to a
+//!   writer log before `OK true`, live subscriptions on the index's feed).
 //! - [`ReplicaViews`] keeps the gateway's views over mirrored cores open in a
 //!   bounded least-recently-used set (default 32).
 //! - A block a source does not hold yet (a mirror still catching up) stops that
 //!   log's reading at the gap; the next catch-up resumes there.
 
+mod host;
 mod indexed;
 mod local;
 mod reader;
 mod replicas;
 
+pub use host::{
+    Driven, HostConfig, HostError, HostedSession, LiveStarted, ReadOnlySource, ReadOnlyStore,
+    RelayHost, RelayStore, StoreError,
+};
 pub use indexed::{IndexedRelay, IndexedRelayError, Refreshed};
 pub use local::{RelayLogs, RelayLogsError};
 pub use reader::{BlockSource, CatchUp, ReaderStats, RelayReader};

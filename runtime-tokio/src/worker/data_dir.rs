@@ -1,0 +1,207 @@
+//! The worker's data directory: what `hypergate worker init` creates and `run` serves.
+//!
+//! ```text
+//! <data dir>/                         0700
+//!   identity.json                     0600  the worker's ed25519 identity (peer id = public key)
+//!   relays/                           0700
+//!     <relay key hex>/                      one relay
+//!       owner.json                    0600  the owner key (the relay key is its public key)
+//!       relay.json                          {"relayKey", "writerKey"}: which writer log is ours
+//!       owner/                              the owner log (AddWriter / RemoveWriter)
+//!       writers/<writer key hex>/           the worker's writer log (events it accepted)
+//!       index.redb                          the relay index, rebuilt from the logs at each start
+//!     .creating-<pid>/                      a relay being created; never served
+//! ```
+//!
+//! A relay is created in a staging directory and renamed into place once complete, so a crash
+//! during `init` never leaves a half-made relay that `run` would try to serve. The hypercore
+//! logs keep their secret keys in their own files; the 0700 directories keep them private.
+
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use ed25519_dalek::SigningKey;
+use hypergate_adapters::crypto::Identity;
+use hypergate_adapters::relay::RelayLogs;
+use hypergate_core::ids::RelayKey;
+use hypergate_core::relay::WriterKey;
+use rand_core::{OsRng, TryRngCore};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// `relay.json`: the public facts about one hosted relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RelayRecord {
+    /// The relay key (the owner log's public key), hex.
+    pub relay_key: String,
+    /// The worker's own writer log, hex.
+    pub writer_key: String,
+}
+
+/// What `init` made.
+#[derive(Debug)]
+pub struct Initialised {
+    /// The new relay.
+    pub relay: RelayKey,
+    /// The worker's writer log of that relay.
+    pub writer: WriterKey,
+    /// The worker's identity.
+    pub identity: Identity,
+}
+
+/// Paths inside a data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// The data directory at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> DataDir {
+        DataDir { root: root.into() }
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The worker identity's key file.
+    pub fn identity_path(&self) -> PathBuf {
+        self.root.join("identity.json")
+    }
+
+    /// Where relays live.
+    pub fn relays_dir(&self) -> PathBuf {
+        self.root.join("relays")
+    }
+
+    /// One relay's directory.
+    pub fn relay_dir(&self, relay: &RelayKey) -> PathBuf {
+        self.relays_dir().join(relay.to_hex())
+    }
+
+    /// The relays present, in key order (staging directories are skipped).
+    pub fn relays(&self) -> anyhow::Result<Vec<RelayKey>> {
+        let dir = self.relays_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        };
+        let mut relays = Vec::new();
+        for entry in entries {
+            let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+            if let Some(key) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<RelayKey>().ok())
+            {
+                relays.push(key);
+            }
+        }
+        relays.sort();
+        Ok(relays)
+    }
+
+    /// Reads a relay's `relay.json` and checks it names that relay.
+    pub fn relay_record(&self, relay: &RelayKey) -> anyhow::Result<(RelayRecord, WriterKey)> {
+        let path = self.relay_dir(relay).join("relay.json");
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let record: RelayRecord = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a relay record", path.display()))?;
+        if record.relay_key != relay.to_hex() {
+            bail!(
+                "{} names relay {}, not {relay}",
+                path.display(),
+                record.relay_key
+            );
+        }
+        let writer: WriterKey = record
+            .writer_key
+            .parse()
+            .with_context(|| format!("{}: writerKey", path.display()))?;
+        Ok((record, writer))
+    }
+
+    /// Creates the identity (if absent) and a first relay with its owner log and the worker's
+    /// writer log (recorded in the owner log with `AddWriter`). Refuses a directory that already
+    /// holds a relay.
+    pub async fn init(&self) -> anyhow::Result<Initialised> {
+        create_private_dir(&self.root)?;
+        let existing = self.relays()?;
+        if let Some(relay) = existing.first() {
+            bail!(
+                "{} already holds relay {relay}; `hypergate worker run --data-dir {}` serves it",
+                self.root.display(),
+                self.root.display()
+            );
+        }
+        let identity = Identity::load_or_create(&self.identity_path())
+            .context("creating the worker identity")?;
+        create_private_dir(&self.relays_dir())?;
+
+        let staging = self
+            .relays_dir()
+            .join(format!(".creating-{}", std::process::id()));
+        if staging.exists() {
+            fs::remove_dir_all(&staging)
+                .with_context(|| format!("removing a stale {}", staging.display()))?;
+        }
+        create_private_dir(&staging)?;
+        let owner = Identity::load_or_create(&staging.join("owner.json"))
+            .context("creating the relay owner key")?;
+        let owner_key = owner.signing_key().clone();
+        let relay = RelayKey(owner_key.verifying_key().to_bytes());
+
+        let mut logs = RelayLogs::create(&staging, owner_key)
+            .await
+            .context("creating the owner log")?;
+        let writer = logs
+            .add_local_writer(fresh_signing_key()?)
+            .await
+            .context("creating the worker's writer log")?;
+        drop(logs);
+
+        let record = RelayRecord {
+            relay_key: relay.to_hex(),
+            writer_key: writer.to_hex(),
+        };
+        let record_path = staging.join("relay.json");
+        fs::write(&record_path, serde_json::to_vec_pretty(&record)?)
+            .with_context(|| format!("writing {}", record_path.display()))?;
+        let target = self.relay_dir(&relay);
+        fs::rename(&staging, &target)
+            .with_context(|| format!("moving the new relay to {}", target.display()))?;
+        fs::File::open(self.relays_dir())
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("syncing {}", self.relays_dir().display()))?;
+        Ok(Initialised {
+            relay,
+            writer,
+            identity,
+        })
+    }
+}
+
+/// Creates `dir` (and parents) with mode 0700; an existing directory is kept as it is.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+/// A new ed25519 key from the operating system's randomness.
+fn fresh_signing_key() -> anyhow::Result<SigningKey> {
+    let mut seed = Zeroizing::new([0u8; 32]);
+    OsRng
+        .try_fill_bytes(seed.as_mut_slice())
+        .context("reading operating-system randomness")?;
+    Ok(SigningKey::from_bytes(&seed))
+}

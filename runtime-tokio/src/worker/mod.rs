@@ -1,0 +1,233 @@
+//! `hypergate worker`: a worker that hosts relays on disk and serves them to local Nostr
+//! clients (the first slice of the worker agent; the peer link to the gateway comes later).
+//!
+//! Contract:
+//! - `init` creates the data directory (layout in [`data_dir`]) with the worker identity and a
+//!   first relay whose owner log records the worker's writer with `AddWriter`, and prints the
+//!   relay key, the worker's peer id and the relay's local WebSocket URL (`--json`: one JSON
+//!   object).
+//! - `run` serves every relay of the data directory over NIP-01 (see [`server`]): events are
+//!   verified (id and signature) by the core session, appended to the worker's writer log
+//!   (durable before `OK true`) and delivered live; `REQ` is answered from the relay index,
+//!   which is rebuilt from the logs at start. SIGINT / SIGTERM close every connection and stop
+//!   the server.
+
+mod connection;
+pub mod data_dir;
+mod server;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use axum::serve::ListenerExt;
+use hypergate_adapters::crypto::Identity;
+use hypergate_adapters::index::QueryLimits;
+use hypergate_adapters::relay::{HostConfig, IndexedRelay, RelayHost, RelayLogs};
+use hypergate_core::ids::RelayKey;
+use hypergate_core::nostr::Limits;
+use hypergate_core::session::{RelayInformation, SessionConfig};
+use tokio::sync::{Mutex, watch};
+
+pub use connection::ConnectionConfig;
+pub use data_dir::DataDir;
+
+/// Live events queued per subscription in the relay's feed before it is dropped as too slow.
+const LIVE_QUEUE: usize = 1024;
+
+/// `hypergate worker init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The address `run` will listen on, for the printed URL.
+    pub listen: SocketAddr,
+    /// Print one JSON object.
+    pub json: bool,
+}
+
+/// `hypergate worker run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Frames queued per connection before the client counts as too slow.
+    pub outbound_queue: usize,
+    /// Longest client frame, in bytes.
+    pub max_frame_bytes: usize,
+}
+
+/// The local WebSocket URL of `relay` on a worker listening at `listen`.
+pub fn relay_url(listen: SocketAddr, relay: &RelayKey) -> String {
+    format!("ws://{listen}/relay/{relay}")
+}
+
+/// Creates the data directory and its first relay, and prints what was made.
+pub async fn init(options: InitOptions) -> anyhow::Result<()> {
+    let dir = DataDir::new(&options.data_dir);
+    let made = dir.init().await?;
+    let url = relay_url(options.listen, &made.relay);
+    if options.json {
+        let report = serde_json::json!({
+            "relayKey": made.relay.to_hex(),
+            "peerId": made.identity.peer_id().to_hex(),
+            "writerKey": made.writer.to_hex(),
+            "url": url,
+            "dataDir": options.data_dir.display().to_string(),
+        });
+        println!("{report}");
+    } else {
+        println!("relay key:  {}", made.relay);
+        println!("peer id:    {}", made.identity.peer_id());
+        println!("writer key: {}", made.writer);
+        println!("url:        {url}");
+        println!(
+            "serve it with: hypergate worker run --data-dir {} --listen {}",
+            options.data_dir.display(),
+            options.listen
+        );
+    }
+    Ok(())
+}
+
+/// Serves every relay of the data directory until SIGINT or SIGTERM.
+pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    let dir = DataDir::new(&options.data_dir);
+    if !dir.identity_path().exists() {
+        bail!(
+            "{} has no worker identity: run `hypergate worker init --data-dir {}` first",
+            options.data_dir.display(),
+            options.data_dir.display()
+        );
+    }
+    let identity = Identity::load_or_create(&dir.identity_path())?;
+    let relays = dir.relays()?;
+    if relays.is_empty() {
+        bail!("{} hosts no relay", options.data_dir.display());
+    }
+    let session = SessionConfig {
+        limits: Limits {
+            max_frame_bytes: options.max_frame_bytes,
+            ..Limits::default()
+        },
+        ..SessionConfig::default()
+    };
+    let host_config = HostConfig::default();
+    let mut served = BTreeMap::new();
+    for relay in relays {
+        let host = open_relay(&dir, relay, host_config.clone())
+            .await
+            .with_context(|| format!("opening relay {relay}"))?;
+        let information = information(
+            &relay,
+            &session,
+            &host_config.query_limits,
+            host.is_writable(),
+        );
+        served.insert(
+            relay,
+            server::ServedRelay {
+                host: Arc::new(Mutex::new(host)),
+                information,
+            },
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("listening on {}", options.listen))?;
+    let address = listener.local_addr()?;
+    println!(
+        "hypergate worker {} listening on {address}",
+        identity.peer_id()
+    );
+    for relay in served.keys() {
+        println!("relay {relay}: {}", relay_url(address, relay));
+    }
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let state = Arc::new(server::ServerState {
+        relays: served,
+        connection: ConnectionConfig {
+            session,
+            outbound_queue: options.outbound_queue,
+        },
+        shutdown,
+    });
+    // Frames are small and many (an EVENT per stored event, then EOSE): without TCP_NODELAY,
+    // Nagle's algorithm and delayed ACKs hold each answer back by ~40 ms.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, server::router(state))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            let _ = shutdown_tx.send(true);
+        })
+        .await
+        .context("serving")?;
+    Ok(())
+}
+
+/// Opens one relay's logs, rebuilds its index and makes its host (writable when the worker's
+/// writer log holds its secret key).
+async fn open_relay(
+    dir: &DataDir,
+    relay: RelayKey,
+    config: HostConfig,
+) -> anyhow::Result<RelayHost<RelayLogs>> {
+    let (_, writer) = dir.relay_record(&relay)?;
+    let relay_dir = dir.relay_dir(&relay);
+    let mut logs = RelayLogs::open(&relay_dir).await?;
+    if logs.relay_key() != relay {
+        bail!(
+            "{} holds the owner log of relay {}",
+            relay_dir.display(),
+            logs.relay_key()
+        );
+    }
+    let writable = logs.writer_log(&writer).await?.is_writable();
+    if !writable {
+        tracing::warn!(%relay, %writer, "the worker's writer log has no secret key: serving read-only");
+    }
+    let indexed = IndexedRelay::create(relay, &relay_dir.join("index.redb"), LIVE_QUEUE)?;
+    let host = RelayHost::open(indexed, logs, writable.then_some(writer), config).await?;
+    Ok(host)
+}
+
+fn information(
+    relay: &RelayKey,
+    session: &SessionConfig,
+    limits: &QueryLimits,
+    writable: bool,
+) -> String {
+    RelayInformation::new(
+        format!("hypergate relay {}", relay.short()),
+        format!("Nostr relay {relay}, served by a hypergate worker"),
+        session,
+        limits.default_limit,
+        limits.max_limit,
+        writable,
+    )
+    .to_json()
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = interrupt => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = interrupt.await;
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The worker's local HTTP surface: NIP-01 over WebSocket and the NIP-11 document.
+//!
+//! Routes: `/relay/<relayKey>` for every hosted relay, and `/` when the worker hosts exactly
+//! one. A WebSocket upgrade gets a NIP-01 session; `Accept: application/nostr+json` gets the
+//! relay's NIP-11 document (with the CORS headers NIP-11 asks for); any other GET gets a short
+//! text saying what the URL is. An unknown or malformed relay key is a 404 / 400 with a JSON
+//! `{error}` body. Frames longer than twice the session's frame limit are refused by the
+//! WebSocket layer itself (the connection closes); shorter ones over the limit get the
+//! session's NOTICE.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{Path, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hypergate_adapters::relay::{RelayHost, RelayLogs};
+use hypergate_core::ids::RelayKey;
+use tokio::sync::{Mutex, watch};
+
+use super::connection::{self, ConnectionConfig};
+
+/// One relay as the server sees it.
+pub(super) struct ServedRelay {
+    /// The relay's host, shared by its connections.
+    pub(super) host: Arc<Mutex<RelayHost<RelayLogs>>>,
+    /// Its NIP-11 document, as JSON.
+    pub(super) information: String,
+}
+
+/// What every request handler shares.
+pub(super) struct ServerState {
+    /// Hosted relays by key.
+    pub(super) relays: BTreeMap<RelayKey, ServedRelay>,
+    /// Bounds of each connection.
+    pub(super) connection: ConnectionConfig,
+    /// Turns `true` when the worker shuts down.
+    pub(super) shutdown: watch::Receiver<bool>,
+}
+
+/// The router.
+pub(super) fn router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route("/", get(root))
+        .route("/relay/{relay_key}", get(relay))
+        .with_state(state)
+}
+
+async fn root(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let mut keys = state.relays.keys();
+    match (keys.next(), keys.next()) {
+        (Some(only), None) => {
+            let only = *only;
+            serve(&state, only, &headers, upgrade)
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "this worker hosts several relays: connect to /relay/<relayKey>",
+        ),
+    }
+}
+
+async fn relay(
+    State(state): State<Arc<ServerState>>,
+    Path(relay_key): Path<String>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match relay_key.parse::<RelayKey>() {
+        Ok(key) => serve(&state, key, &headers, upgrade),
+        Err(parse) => error(
+            StatusCode::BAD_REQUEST,
+            &format!("invalid relay key: {parse}"),
+        ),
+    }
+}
+
+fn serve(
+    state: &Arc<ServerState>,
+    key: RelayKey,
+    headers: &HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Some(relay) = state.relays.get(&key) else {
+        return error(StatusCode::NOT_FOUND, "unknown relay");
+    };
+    if let Ok(upgrade) = upgrade {
+        let cap = state
+            .connection
+            .session
+            .limits
+            .max_frame_bytes
+            .saturating_mul(2);
+        let host = Arc::clone(&relay.host);
+        let config = state.connection;
+        let shutdown = state.shutdown.clone();
+        return upgrade
+            .max_message_size(cap)
+            .max_frame_size(cap)
+            .on_upgrade(move |socket| connection::serve(socket, host, config, shutdown));
+    }
+    if accepts_nostr_json(headers) {
+        return (
+            [
+                (header::CONTENT_TYPE, "application/nostr+json"),
+                (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+                (header::ACCESS_CONTROL_ALLOW_HEADERS, "*"),
+                (header::ACCESS_CONTROL_ALLOW_METHODS, "GET"),
+            ],
+            relay.information.clone(),
+        )
+            .into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!(
+            "hypergate worker: Nostr relay {key}. Connect with a Nostr client over WebSocket; \
+             send `Accept: application/nostr+json` for its NIP-11 document.\n"
+        ),
+    )
+        .into_response()
+}
+
+fn accepts_nostr_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| {
+            item.split(';')
+                .next()
+                .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/nostr+json"))
+        })
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
