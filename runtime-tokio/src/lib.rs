@@ -8,6 +8,8 @@
 //! - [`demo`]: `hypergate demo`, a real-time churn scenario that drives the
 //!   gateway core through worker loss and return (the first-run job until
 //!   the full gateway lands).
+//! - [`worker_agent`]: the worker's gateway side (link, registration, mirroring, escrow
+//!   deposits, pending-write resync and rotation).
 //! - [`admin`]: operator commands over stored state (`hypergate audit verify`,
 //!   `hypergate escrow migrate`).
 //!
@@ -17,3 +19,4 @@ pub mod admin;
 pub mod demo;
 pub mod driver;
 pub mod escrow;
+pub mod worker_agent;
