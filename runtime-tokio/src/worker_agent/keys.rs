@@ -212,3 +212,57 @@ fn parse_public(text: &str) -> Result<[u8; 32], String> {
     hex::decode_to_slice(text, &mut bytes).map_err(|e| format!("bad public key: {e}"))?;
     Ok(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_through_a_file_only_the_owner_can_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = SigningKey::from_bytes(&[1; 32]);
+        let writer = SigningKey::from_bytes(&[2; 32]);
+        let mut keys = RelayKeys::new(dir.path(), owner, writer);
+        let next = keys.add_writer(SigningKey::from_bytes(&[3; 32]));
+        keys.escrow_id = Some("escrow_1".into());
+        keys.rotated_epoch = 4;
+        keys.save().unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(RelayKeys::path_in(dir.path()))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let loaded = RelayKeys::load(dir.path()).unwrap();
+        assert_eq!(loaded.current, keys.current);
+        assert!(loaded.writer(&next).is_some());
+        assert_eq!(loaded.escrow_id.as_deref(), Some("escrow_1"));
+        assert_eq!(loaded.rotated_epoch, 4);
+        assert_eq!(loaded.owner().to_bytes(), [1; 32]);
+    }
+
+    #[test]
+    fn a_keys_file_whose_writer_does_not_match_its_secret_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = RelayKeys::new(
+            dir.path(),
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+        );
+        keys.save().unwrap();
+        let path = RelayKeys::path_in(dir.path());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let wrong = hex::encode([9u8; 32]);
+        let tampered = text.replace(&hex::encode([2u8; 32]), &wrong);
+        std::fs::write(&path, tampered).unwrap();
+        assert!(matches!(
+            RelayKeys::load(dir.path()),
+            Err(AgentError::KeysFile { .. })
+        ));
+    }
+}

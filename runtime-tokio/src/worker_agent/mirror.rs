@@ -131,3 +131,28 @@ pub fn decode_mirror_response_bytes(bytes: &[u8]) -> Result<Vec<Proof>, MirrorWi
         postcard::from_bytes(bytes).map_err(|e| MirrorWireError::Malformed(e.to_string()))?;
     decode_mirror_response(&response)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn garbage_mirror_responses_are_errors_not_panics() {
+        for bytes in [&[][..], &[0xff; 7][..], &[0; 40][..], &[1; 300][..]] {
+            let _ = decode_mirror_response_bytes(bytes);
+        }
+        let mismatched = MirrorRangeResponse {
+            core_key: [1; 32],
+            start: 0,
+            blocks: BoundedVec::new(vec![BoundedBytes::new(vec![1u8]).unwrap()]).unwrap(),
+            proof: BoundedBytes::new(postcard::to_allocvec(&Vec::<Vec<u8>>::new()).unwrap())
+                .unwrap(),
+        };
+        assert!(matches!(
+            decode_mirror_response(&mismatched),
+            Err(MirrorWireError::Malformed(_))
+        ));
+    }
+}
