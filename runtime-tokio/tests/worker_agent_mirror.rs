@@ -148,6 +148,11 @@ async fn a_worker_killed_mid_mirror_and_restarted_resumes_and_no_corrupt_block_i
         "nothing was mirrored before the kill"
     );
     worker.shutdown().await;
+    let at_kill: Vec<u64> = {
+        let state = gateway.state.lock().await;
+        state.mirror.cores().map(|core| core.local_length).collect()
+    };
+    eprintln!("mirror lengths when the worker was killed: {at_kill:?}");
 
     // Restarted on the same data directory, with more to mirror.
     let worker = start_worker(agent_config(identity(0x73), data.path(), &gateway, None)).await;

@@ -20,8 +20,7 @@ use hypergate_core::gateway::{Gateway, GatewayConfig};
 use hypergate_core::ids::{PeerId, RelayKey};
 use hypergate_core::time::UnixTime;
 use hypergate_core::wire::{
-    CoreAdvert, Frame, Message, MirrorRangeRequest, PushAck, ResyncAck, ResyncComplete,
-    ResyncStatus,
+    CoreAdvert, Frame, Message, MirrorRangeRequest, ResyncAck, ResyncComplete, ResyncStatus,
 };
 use hypergate_core::worker::WorkerConfig;
 use hypergate_tokio::worker_agent::{
@@ -313,5 +312,3 @@ pub(crate) async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> 
 pub(crate) fn relay_of(status: &worker_agent::WorkerStatus) -> RelayKey {
     status.relays[0].relay_key.parse().unwrap()
 }
-
-pub(crate) fn unused_ack(_: &PushAck) {}
