@@ -16,7 +16,7 @@ use hypergate_core::worker::{Effect, EffectKind, EffectOutput, OwnerOp};
 
 use super::mirror::decode_mirror_response;
 use super::{EscrowSettings, HostedRelay, Shared};
-use crate::escrow::client::{DepositParams, RevokeBy, deposit_body};
+use crate::escrow::client::{ClientError, DepositParams, RevokeBy, deposit_body};
 
 /// What an effect may use.
 pub(crate) struct EffectContext<'a> {
@@ -30,6 +30,7 @@ pub(crate) struct EffectContext<'a> {
 pub(crate) struct Deposit {
     pub(crate) escrow_id: String,
     pub(crate) expires_at: Option<u64>,
+    pub(crate) policy_version: Option<String>,
 }
 
 pub(crate) async fn perform(
@@ -105,7 +106,8 @@ pub(crate) async fn perform(
                 .await
             {
                 Ok(_) => Ok(EffectOutput::Done),
-                Err(error) if error.to_string().contains("escrow-record-not-found") => {
+                // Gone either way.
+                Err(ClientError::Refused { code, .. }) if code == "escrow-record-not-found" => {
                     Ok(EffectOutput::Done)
                 }
                 Err(error) => Err(error.to_string()),
@@ -118,6 +120,7 @@ pub(crate) async fn perform(
                 Some(escrow) => {
                     let deposit = deposit(hosted, *writer_public, escrow, ctx.worker).await?;
                     hosted.keys.deposit_expires_at = deposit.expires_at;
+                    hosted.keys.policy_version = deposit.policy_version;
                     Some(deposit.escrow_id)
                 }
                 None => None,
@@ -241,6 +244,7 @@ pub(crate) async fn deposit(
     Ok(Deposit {
         escrow_id,
         expires_at: receipt["expiresAt"].as_u64(),
+        policy_version: receipt["policyVersion"].as_str().map(str::to_owned),
     })
 }
 

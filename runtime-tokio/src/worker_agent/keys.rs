@@ -38,6 +38,8 @@ struct OnDisk {
     rotated_epoch: u64,
     #[serde(default)]
     local_writer: Option<String>,
+    #[serde(default)]
+    policy_version: Option<String>,
 }
 
 /// The secrets of one relay. See the module docs.
@@ -55,6 +57,8 @@ pub struct RelayKeys {
     pub rotated_epoch: u64,
     /// The worker's own writer log (local events), if it has one.
     pub local_writer: Option<[u8; 32]>,
+    /// The escrow policy version the current deposit was accepted under.
+    pub policy_version: Option<String>,
 }
 
 impl std::fmt::Debug for RelayKeys {
@@ -87,6 +91,7 @@ impl RelayKeys {
             deposit_expires_at: None,
             rotated_epoch: 0,
             local_writer: None,
+            policy_version: None,
         }
     }
 
@@ -129,6 +134,7 @@ impl RelayKeys {
                 .map(parse_public)
                 .transpose()
                 .map_err(&bad)?,
+            policy_version: disk.policy_version,
         })
     }
 
@@ -151,6 +157,7 @@ impl RelayKeys {
             deposit_expires_at: self.deposit_expires_at,
             rotated_epoch: self.rotated_epoch,
             local_writer: self.local_writer.map(hex::encode),
+            policy_version: self.policy_version.clone(),
         };
         let json =
             Zeroizing::new(

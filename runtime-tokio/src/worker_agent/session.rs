@@ -180,7 +180,9 @@ async fn registration(
         let escrow = match (&config.escrow, &hosted.keys.escrow_id) {
             (Some(escrow), Some(id)) => Some(EscrowRegistration {
                 escrow_id: BoundedString::new(id.clone()).map_err(|e| e.to_string())?,
-                policy_version: BoundedString::truncating(""),
+                policy_version: BoundedString::truncating(
+                    hosted.keys.policy_version.as_deref().unwrap_or_default(),
+                ),
                 permitted_gateways: BoundedVec::new(escrow.permitted_gateways.clone())
                     .map_err(|e| e.to_string())?,
                 expires_at: hypergate_core::time::UnixTime(
@@ -445,6 +447,7 @@ async fn ensure_deposits(config: &WorkerAgentConfig, shared: &Shared, core: &mut
                 tracing::info!(relay = %key.short(), escrow_id = %deposit.escrow_id, "gateway writer deposited");
                 hosted.keys.escrow_id = Some(deposit.escrow_id.clone());
                 hosted.keys.deposit_expires_at = deposit.expires_at;
+                hosted.keys.policy_version = deposit.policy_version;
                 if let Err(error) = hosted.keys.save() {
                     tracing::error!(%error, "could not save the deposit id");
                 }
