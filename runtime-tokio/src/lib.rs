@@ -10,6 +10,8 @@
 //!   the full gateway lands).
 //! - [`worker`]: `hypergate worker init|run`, a worker serving its relays over NIP-01
 //!   WebSocket and NIP-11 on a local port.
+//! - [`worker_agent`]: the worker's gateway side (link, registration, mirroring, escrow
+//!   deposits, pending-write resync and rotation).
 //! - [`admin`]: operator commands over stored state (`hypergate audit verify`,
 //!   `hypergate escrow migrate`).
 //!
@@ -20,3 +22,4 @@ pub mod demo;
 pub mod driver;
 pub mod escrow;
 pub mod worker;
+pub mod worker_agent;

@@ -1,0 +1,158 @@
+//! Block ranges over the peer link: how a [`MirrorRangeRequest`] is answered and how its
+//! [`MirrorRangeResponse`] is turned back into verifiable proofs.
+//!
+//! Contract:
+//! - A request `start..end` means: *my copy's signed tree covers exactly `start` blocks and I
+//!   hold all of them; send blocks from `start`*. The holder answers with proofs from
+//!   [`HyperLog::export_range`] with `remote_length = start`, so the first proof upgrades the copy
+//!   to the holder's current length. It answers **up to its current length** (not only to
+//!   `end`) whenever that fits one response, because a copy upgraded past the blocks it received
+//!   could not be served by a later push (decisions D62). Past [`MAX_MIRROR_BLOCKS_PER_RANGE`]
+//!   blocks or the proof byte budget the answer is cut; see the module-level limitation below.
+//! - Block values travel in `blocks`, each proof without its value in `proof` (a postcard list of
+//!   `log::encode_proof` byte strings), so the 1 MiB proof budget is spent on tree nodes only.
+//! - [`decode_mirror_response`] rebuilds the proofs; it never panics and bounds every length.
+//!   Whether a proof is *true* is decided by the receiver's `apply_proof` against the core key.
+//!
+//! Limitation: a copy whose batch was cut (signed tree ahead of its blocks) needs the replica's
+//! per-block missing-node counts (`RangeRequest`), which `MirrorRangeRequest` cannot carry; the
+//! wire needs a message for it (see the report / docs).
+
+use hypergate_adapters::log::{self, HyperLog, LogError, Proof};
+use hypergate_core::wire::{
+    BoundedBytes, BoundedVec, MAX_MIRROR_BLOCKS_PER_RANGE, MAX_MIRROR_PROOF_BYTES,
+    MirrorRangeRequest, MirrorRangeResponse,
+};
+
+/// Why a mirror response could not be built or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MirrorWireError {
+    // The peer's bytes.
+    /// The response's proof list is not well-formed.
+    #[error("malformed mirror response: {0}")]
+    Malformed(String),
+    // Local storage.
+    /// The log could not export proofs.
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+/// Answers `request` from `log`. See the module docs.
+pub async fn answer_range(
+    log: &mut HyperLog,
+    request: &MirrorRangeRequest,
+) -> Result<MirrorRangeResponse, MirrorWireError> {
+    let length = log.len();
+    let start = request.start();
+    let core_key = *request.core_key();
+    if start >= length {
+        return empty(core_key, start);
+    }
+    let end = length.min(start.saturating_add(MAX_MIRROR_BLOCKS_PER_RANGE as u64));
+    let proofs = log.export_range(start, start..end).await?;
+    let mut values = Vec::with_capacity(proofs.len());
+    let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(proofs.len());
+    let mut budget = 0usize;
+    for mut proof in proofs {
+        let value = proof
+            .block
+            .as_mut()
+            .map(|block| std::mem::take(&mut block.value))
+            .unwrap_or_default();
+        let bytes = log::encode_proof(&proof);
+        // postcard's length prefix per entry is at most 10 bytes.
+        budget = budget.saturating_add(bytes.len() + 10);
+        if budget > MAX_MIRROR_PROOF_BYTES - 16 {
+            break;
+        }
+        let Ok(value) = BoundedBytes::new(value) else {
+            break; // a block over the wire's bound: stop before it
+        };
+        values.push(value);
+        encoded.push(bytes);
+    }
+    let proof =
+        postcard::to_allocvec(&encoded).map_err(|e| MirrorWireError::Malformed(e.to_string()))?;
+    Ok(MirrorRangeResponse {
+        core_key,
+        start,
+        blocks: BoundedVec::new(values).map_err(|e| MirrorWireError::Malformed(e.to_string()))?,
+        proof: BoundedBytes::new(proof).map_err(|e| MirrorWireError::Malformed(e.to_string()))?,
+    })
+}
+
+fn empty(core_key: [u8; 32], start: u64) -> Result<MirrorRangeResponse, MirrorWireError> {
+    Ok(MirrorRangeResponse {
+        core_key,
+        start,
+        blocks: BoundedVec::default(),
+        proof: BoundedBytes::new(Vec::new())
+            .map_err(|e| MirrorWireError::Malformed(e.to_string()))?,
+    })
+}
+
+/// Rebuilds the proofs of a [`MirrorRangeResponse`] (block values put back), in order.
+pub fn decode_mirror_response(
+    response: &MirrorRangeResponse,
+) -> Result<Vec<Proof>, MirrorWireError> {
+    let bad = |detail: String| MirrorWireError::Malformed(detail);
+    if response.proof.is_empty() {
+        return if response.blocks.is_empty() {
+            Ok(Vec::new())
+        } else {
+            Err(bad("blocks without proofs".into()))
+        };
+    }
+    let encoded: Vec<&[u8]> =
+        postcard::from_bytes(&response.proof).map_err(|e| bad(e.to_string()))?;
+    if encoded.len() != response.blocks.len() {
+        return Err(bad(format!(
+            "{} proofs for {} blocks",
+            encoded.len(),
+            response.blocks.len()
+        )));
+    }
+    let mut proofs = Vec::with_capacity(encoded.len());
+    for (bytes, value) in encoded.iter().zip(response.blocks.iter()) {
+        let mut proof = log::decode_proof(bytes).map_err(|e| bad(e.to_string()))?;
+        match proof.block.as_mut() {
+            Some(block) => block.value = value.to_vec(),
+            None => return Err(bad("a proof without a block".into())),
+        }
+        proofs.push(proof);
+    }
+    Ok(proofs)
+}
+
+/// The fuzzing entry: decodes a postcard-encoded [`MirrorRangeResponse`] and its proofs.
+pub fn decode_mirror_response_bytes(bytes: &[u8]) -> Result<Vec<Proof>, MirrorWireError> {
+    let response: MirrorRangeResponse =
+        postcard::from_bytes(bytes).map_err(|e| MirrorWireError::Malformed(e.to_string()))?;
+    decode_mirror_response(&response)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn garbage_mirror_responses_are_errors_not_panics() {
+        for bytes in [&[][..], &[0xff; 7][..], &[0; 40][..], &[1; 300][..]] {
+            let _ = decode_mirror_response_bytes(bytes);
+        }
+        let mismatched = MirrorRangeResponse {
+            core_key: [1; 32],
+            start: 0,
+            blocks: BoundedVec::new(vec![BoundedBytes::new(vec![1u8]).unwrap()]).unwrap(),
+            proof: BoundedBytes::new(postcard::to_allocvec(&Vec::<Vec<u8>>::new()).unwrap())
+                .unwrap(),
+        };
+        assert!(matches!(
+            decode_mirror_response(&mismatched),
+            Err(MirrorWireError::Malformed(_))
+        ));
+    }
+}
