@@ -143,6 +143,7 @@ impl HyperLog {
             });
         }
         let core = builder.build().await.map_err(|e| storage_error(dir, e))?;
+        restrict_to_owner(dir)?;
         Ok(HyperLog {
             core,
             dir: dir.to_path_buf(),
@@ -471,6 +472,21 @@ impl HyperLog {
             .len();
         Ok(len <= CLEAN_OPLOG_BYTES)
     }
+}
+
+/// Makes a log directory 0700 and its files 0600: hypercore keeps a writable log's
+/// secret key in its oplog, and creates files with the process umask (often 0644).
+fn restrict_to_owner(dir: &Path) -> Result<(), LogError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |e: std::io::Error| storage_error(dir, HypercoreError::from(e));
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.is_file() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `dir` holds a log (hypercore writes its header to the oplog file).

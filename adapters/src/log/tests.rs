@@ -37,6 +37,23 @@ fn appended_blocks_survive_reopen_and_keep_the_key() {
 }
 
 #[test]
+fn a_writable_log_keeps_its_secret_key_in_files_only_the_owner_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    smol::block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        let mut log = HyperLog::create(&dir, None).await.unwrap();
+        log.append(b"x").await.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
+    });
+}
+
+#[test]
 fn create_refuses_an_existing_log_and_open_refuses_a_missing_one() {
     smol::block_on(async {
         let tmp = tempfile::tempdir().unwrap();
