@@ -1,5 +1,5 @@
-//! `hypergate worker`: a worker that hosts relays on disk and serves them to local Nostr
-//! clients (the first slice of the worker agent; the peer link to the gateway comes later).
+//! `hypergate worker`: a worker that hosts relays on disk, serves them to local Nostr clients
+//! and, given a gateway, runs the [worker agent](crate::worker_agent) beside them.
 //!
 //! Contract:
 //! - `init` creates the data directory (layout in [`data_dir`]) with the worker identity and a
@@ -10,11 +10,21 @@
 //!   verified (id and signature) by the core session, appended to the worker's writer log
 //!   (durable before `OK true`) and delivered live; `REQ` is answered from the relay index,
 //!   which is rebuilt from the logs at start. SIGINT / SIGTERM close every connection and stop
-//!   the server.
+//!   the server (and the agent).
+//! - `run --gateway ADDR --gateway-key HEX` also starts the worker agent in the same process.
+//!   The agent owns every relay's logs; the server reads and appends through its handle (see
+//!   [`store`]), so events published locally are advertised to the gateway's mirror, and a
+//!   task per relay catches the server's view up whenever the agent changed the logs (gateway
+//!   writes ingested at resync, rotations).
+//! - `run` serves `GET /status`: the [`WorkerStatus`] as JSON (the agent's, or without a
+//!   gateway one that lists the relays and `gatewayConnected: false`). `status` fetches it and
+//!   prints it as a table or (`--json`) as it came; unreachable: exit 1.
 
 mod connection;
 pub mod data_dir;
 mod server;
+pub mod status;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,17 +35,33 @@ use anyhow::{Context, bail};
 use axum::serve::ListenerExt;
 use hypergate_adapters::crypto::Identity;
 use hypergate_adapters::index::QueryLimits;
+use hypergate_adapters::peer_link::{BackoffConfig, LinkConfig};
 use hypergate_adapters::relay::{HostConfig, IndexedRelay, RelayHost, RelayLogs};
-use hypergate_core::ids::RelayKey;
+use hypergate_core::ids::{PeerId, RelayKey};
 use hypergate_core::nostr::Limits;
 use hypergate_core::session::{RelayInformation, SessionConfig};
+use hypergate_core::worker::WorkerConfig;
+use rand_core::{OsRng, TryRngCore};
+use std::time::Duration;
 use tokio::sync::{Mutex, watch};
+use zeroize::Zeroizing;
 
 pub use connection::ConnectionConfig;
 pub use data_dir::DataDir;
+pub use status::{StatusOptions, status};
+pub use store::WorkerStore;
+
+use crate::escrow::client::ClientTls;
+use crate::escrow::{EscrowClient, EscrowClientConfig};
+use crate::worker_agent::{
+    self, EscrowSettings, WorkerAgentConfig, WorkerAgentHandle, WorkerStatus,
+};
 
 /// Live events queued per subscription in the relay's feed before it is dropped as too slow.
 const LIVE_QUEUE: usize = 1024;
+
+/// How often the agent re-advertises lengths and checks deposit expiry (appends wake it sooner).
+const ADVERTISE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// `hypergate worker init`.
 #[derive(Debug, Clone)]
@@ -59,6 +85,36 @@ pub struct RunOptions {
     pub outbound_queue: usize,
     /// Longest client frame, in bytes.
     pub max_frame_bytes: usize,
+    /// The gateway to link to; `None` serves local clients only.
+    pub gateway: Option<GatewayOptions>,
+}
+
+/// The gateway link of `hypergate worker run`.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// `host:port` of the gateway's peer-link listener.
+    pub addr: String,
+    /// The gateway's pinned identity.
+    pub key: PeerId,
+    /// The escrow to deposit gateway writer keys with; `None`: no gateway writes while away.
+    pub escrow: Option<EscrowOptions>,
+}
+
+/// How the worker reaches the escrow service.
+#[derive(Debug, Clone)]
+pub struct EscrowOptions {
+    /// `https://host:port/api/escrow` (`http://` for a development escrow).
+    pub url: String,
+    /// The client id on the escrow's allow-list.
+    pub client_id: String,
+    /// A file holding the HMAC secret (surrounding whitespace is ignored).
+    pub secret_file: PathBuf,
+    /// The CA bundle the escrow's certificate chains to (required for `https://`).
+    pub ca: Option<PathBuf>,
+    /// This worker's client certificate and key (PEM).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Re-deposit this long before a deposit expires.
+    pub redeposit_margin: Duration,
 }
 
 /// The local WebSocket URL of `relay` on a worker listening at `listen`.
@@ -94,7 +150,8 @@ pub async fn init(options: InitOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves every relay of the data directory until SIGINT or SIGTERM.
+/// Serves every relay of the data directory (and runs the agent when a gateway is given) until
+/// SIGINT or SIGTERM.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let dir = DataDir::new(&options.data_dir);
     if !dir.identity_path().exists() {
@@ -109,6 +166,17 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     if relays.is_empty() {
         bail!("{} hosts no relay", options.data_dir.display());
     }
+    let agent = match &options.gateway {
+        Some(gateway) => Some(
+            start_agent(
+                &options.data_dir,
+                Identity::from_signing_key(identity.signing_key().clone()),
+                gateway,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let session = SessionConfig {
         limits: Limits {
             max_frame_bytes: options.max_frame_bytes,
@@ -118,8 +186,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     };
     let host_config = HostConfig::default();
     let mut served = BTreeMap::new();
+    let mut refreshers = tokio::task::JoinSet::new();
     for relay in relays {
-        let host = open_relay(&dir, relay, host_config.clone())
+        let host = open_relay(&dir, relay, host_config.clone(), agent.as_ref())
             .await
             .with_context(|| format!("opening relay {relay}"))?;
         let information = information(
@@ -128,13 +197,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             &host_config.query_limits,
             host.is_writable(),
         );
-        served.insert(
-            relay,
-            server::ServedRelay {
-                host: Arc::new(Mutex::new(host)),
-                information,
-            },
-        );
+        let host = Arc::new(Mutex::new(host));
+        if let Some(agent) = &agent {
+            refreshers.spawn(follow_agent(agent.log_changes(), Arc::clone(&host)));
+        }
+        served.insert(relay, server::ServedRelay { host, information });
     }
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -147,6 +214,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     for relay in served.keys() {
         println!("relay {relay}: {}", relay_url(address, relay));
     }
+    if let Some(gateway) = &options.gateway {
+        println!("gateway {} ({})", gateway.addr, gateway.key.short());
+    }
+    let status = match &agent {
+        Some(agent) => server::StatusSource::Agent(agent.clone()),
+        None => server::StatusSource::Standalone(standalone_status(&dir, &identity, &served)),
+    };
     let (shutdown_tx, shutdown) = watch::channel(false);
     let state = Arc::new(server::ServerState {
         relays: served,
@@ -155,6 +229,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             outbound_queue: options.outbound_queue,
         },
         shutdown,
+        status,
     });
     // Frames are small and many (an EVENT per stored event, then EOSE): without TCP_NODELAY,
     // Nagle's algorithm and delayed ACKs hold each answer back by ~40 ms.
@@ -163,39 +238,171 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, server::router(state))
+    let served = axum::serve(listener, server::router(state))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             let _ = shutdown_tx.send(true);
         })
         .await
-        .context("serving")?;
-    Ok(())
+        .context("serving");
+    refreshers.abort_all();
+    if let Some(agent) = agent {
+        agent.shutdown().await;
+    }
+    served
 }
 
-/// Opens one relay's logs, rebuilds its index and makes its host (writable when the worker's
-/// writer log holds its secret key).
+/// Starts the worker agent on the data directory's relays.
+async fn start_agent(
+    data_dir: &std::path::Path,
+    identity: Identity,
+    gateway: &GatewayOptions,
+) -> anyhow::Result<WorkerAgentHandle> {
+    let escrow = match &gateway.escrow {
+        Some(escrow) => Some(escrow_settings(escrow, gateway.key)?),
+        None => None,
+    };
+    let mut seed = [0u8; 8];
+    OsRng
+        .try_fill_bytes(&mut seed)
+        .context("reading operating-system randomness")?;
+    let config = WorkerAgentConfig {
+        identity,
+        data_dir: data_dir.to_path_buf(),
+        gateway_addr: gateway.addr.clone(),
+        gateway_key: gateway.key,
+        escrow,
+        link: LinkConfig::default(),
+        backoff: BackoffConfig::default(),
+        worker: WorkerConfig::default(),
+        seed: u64::from_le_bytes(seed),
+        advertise_interval: ADVERTISE_INTERVAL,
+    };
+    worker_agent::start(config)
+        .await
+        .context("starting the worker agent")
+}
+
+/// The escrow client and deposit settings; the pinned gateway is the one allowed to unlock.
+fn escrow_settings(options: &EscrowOptions, gateway: PeerId) -> anyhow::Result<EscrowSettings> {
+    let secret = std::fs::read_to_string(&options.secret_file)
+        .with_context(|| format!("reading {}", options.secret_file.display()))?;
+    let secret = Zeroizing::new(secret.trim().as_bytes().to_vec());
+    if secret.is_empty() {
+        bail!("{} is empty", options.secret_file.display());
+    }
+    let tls = match &options.ca {
+        Some(ca) => Some(
+            ClientTls::from_pem_files(
+                ca,
+                options
+                    .client_cert
+                    .as_ref()
+                    .map(|(cert, key)| (cert.as_path(), key.as_path())),
+            )
+            .context("reading the escrow TLS files")?,
+        ),
+        None => None,
+    };
+    let client = EscrowClient::new(EscrowClientConfig {
+        base_url: options.url.clone(),
+        client_id: options.client_id.clone(),
+        secret,
+        tls,
+        request_timeout: Duration::from_secs(5),
+    })
+    .context("configuring the escrow client")?;
+    Ok(EscrowSettings {
+        client,
+        permitted_gateways: vec![gateway],
+        redeposit_margin: options.redeposit_margin,
+    })
+}
+
+/// Catches `host`'s view up every time the agent changed the logs, until the agent is gone.
+async fn follow_agent(mut changes: watch::Receiver<u64>, host: Arc<Mutex<RelayHost<WorkerStore>>>) {
+    while changes.changed().await.is_ok() {
+        let mut host = host.lock().await;
+        if let Err(error) = host.refresh().await {
+            tracing::warn!(relay = %host.relay_key(), %error, "catching the local view up failed");
+        }
+    }
+}
+
+/// `/status` without an agent: the relays, and no gateway.
+fn standalone_status(
+    dir: &DataDir,
+    identity: &Identity,
+    served: &BTreeMap<RelayKey, server::ServedRelay>,
+) -> WorkerStatus {
+    let relays = served
+        .keys()
+        .map(|relay| {
+            let keys = worker_agent::RelayKeys::load(&dir.relay_dir(relay)).ok();
+            worker_agent::RelayStatus {
+                relay_key: relay.to_hex(),
+                job_state: "idle".to_owned(),
+                gateway_writer: keys
+                    .as_ref()
+                    .map(|keys| hex::encode(keys.current))
+                    .unwrap_or_default(),
+                escrow_id: keys.and_then(|keys| keys.escrow_id),
+                cores: Vec::new(),
+            }
+        })
+        .collect();
+    WorkerStatus {
+        worker: identity.peer_id().to_hex(),
+        gateway_connected: false,
+        connects: 0,
+        relays,
+        pending_jobs: 0,
+        rotations: Vec::new(),
+        refused_pushes: 0,
+    }
+}
+
+/// Opens one relay's logs (its own, or the agent's through its handle), rebuilds its index and
+/// makes its host (writable when the worker's writer log holds its secret key).
 async fn open_relay(
     dir: &DataDir,
     relay: RelayKey,
     config: HostConfig,
-) -> anyhow::Result<RelayHost<RelayLogs>> {
-    let (_, writer) = dir.relay_record(&relay)?;
+    agent: Option<&WorkerAgentHandle>,
+) -> anyhow::Result<RelayHost<WorkerStore>> {
+    let writer = dir.local_writer(&relay)?;
     let relay_dir = dir.relay_dir(&relay);
-    let mut logs = RelayLogs::open(&relay_dir).await?;
-    if logs.relay_key() != relay {
-        bail!(
-            "{} holds the owner log of relay {}",
-            relay_dir.display(),
-            logs.relay_key()
-        );
-    }
-    let writable = logs.writer_log(&writer).await?.is_writable();
+    let (store, writable) = match agent {
+        Some(handle) => {
+            let writable = handle
+                .with_relay(relay, async |logs| {
+                    logs.writer_log(&writer).await.map(|log| log.is_writable())
+                })
+                .await??;
+            let store = WorkerStore::Agent {
+                handle: handle.clone(),
+                relay,
+            };
+            (store, writable)
+        }
+        None => {
+            let mut logs = RelayLogs::open(&relay_dir).await?;
+            if logs.relay_key() != relay {
+                bail!(
+                    "{} holds the owner log of relay {}",
+                    relay_dir.display(),
+                    logs.relay_key()
+                );
+            }
+            let writable = logs.writer_log(&writer).await?.is_writable();
+            (WorkerStore::Own(logs), writable)
+        }
+    };
     if !writable {
         tracing::warn!(%relay, %writer, "the worker's writer log has no secret key: serving read-only");
     }
     let indexed = IndexedRelay::create(relay, &relay_dir.join("index.redb"), LIVE_QUEUE)?;
-    let host = RelayHost::open(indexed, logs, writable.then_some(writer), config).await?;
+    let host = RelayHost::open(indexed, store, writable.then_some(writer), config).await?;
     Ok(host)
 }
 
