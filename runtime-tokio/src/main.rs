@@ -91,8 +91,9 @@ enum WorkerCommand {
             env = "HYPERGATE_WORKER_MAX_FRAME_BYTES"
         )]
         max_frame_bytes: usize,
+        // Boxed: the gateway and escrow options are many and most runs need none.
         #[command(flatten)]
-        gateway: GatewayArgs,
+        gateway: Box<GatewayArgs>,
     },
     /// Print a running worker's status (GET /status): relays, cores and mirror lag, pending
     /// jobs, rotations. Exit 1 if the worker is unreachable.
@@ -285,7 +286,7 @@ fn main() -> ExitCode {
                         max_frame_bytes,
                         gateway,
                     },
-            } => match gateway.into_options() {
+            } => match (*gateway).into_options() {
                 Ok(gateway) => hypergate_tokio::worker::run(hypergate_tokio::worker::RunOptions {
                     data_dir,
                     listen,

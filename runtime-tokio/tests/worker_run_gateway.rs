@@ -1,7 +1,8 @@
 //! `hypergate worker init` + `hypergate worker run --gateway …` as real processes against an
 //! in-test gateway on loopback: the relay registers and is mirrored, an event published on the
 //! worker's local WebSocket reaches the gateway's mirror, and `hypergate worker status` shows
-//! the relay and its cores.
+//! the relay and its cores; gateway writes the agent ingests at resync reach the local server's
+//! live subscribers.
 
 // Test helpers: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -16,10 +17,16 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use hypergate_adapters::log::HyperLog;
 use hypergate_adapters::mirror::CoreKey;
 use hypergate_core::ids::{PeerId, RelayKey};
 use hypergate_core::nostr::testing::signed_event;
 use hypergate_core::relay::RelayOp;
+use hypergate_core::wire::{
+    AckStatus, BoundedString, BoundedVec, Message as WireMessage, PendingState, PendingType,
+    PendingWritePush,
+};
+use hypergate_tokio::worker_agent::RelayKeys;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use worker_agent_support::{TestGateway, eventually, identity};
@@ -146,16 +153,7 @@ async fn worker_run_with_a_gateway_registers_mirrors_local_publishes_and_reports
     let event = signed_event(5, 1_700_000_000, 1, Vec::new(), "published locally");
     let frame = format!(r#"["EVENT",{}]"#, event.to_json());
     ws.send(Message::text(frame)).await.unwrap();
-    let ok = loop {
-        let message = tokio::time::timeout(PATIENCE, ws.next())
-            .await
-            .expect("no answer to EVENT")
-            .expect("the worker closed the connection")
-            .unwrap();
-        if let Message::Text(text) = message {
-            break serde_json::from_str::<Value>(text.as_str()).unwrap();
-        }
-    };
+    let ok = next_frame(&mut ws).await;
     assert_eq!(ok[0], "OK", "{ok}");
     assert_eq!(ok[2], true, "{ok}");
 
@@ -225,4 +223,98 @@ fn worker_status_of_an_unreachable_worker_exits_1() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("unreachable"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_writes_ingested_by_the_agent_reach_local_live_subscribers() {
+    let gateway = TestGateway::start(identity(0x62)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let report = init(dir.path());
+    let relay: RelayKey = report["relayKey"].as_str().unwrap().parse().unwrap();
+    let peer: PeerId = report["peerId"].as_str().unwrap().parse().unwrap();
+    // The gateway writes under the relay's current gateway writer key, as a lease would give
+    // it (read here from the keys file; the escrow is not part of this test).
+    let keys = RelayKeys::load(&dir.path().join("relays").join(relay.to_hex())).unwrap();
+    let secret = keys.writer(&keys.current).unwrap().clone();
+    let worker = run(dir.path(), &gateway);
+
+    // A local client subscribes live before anything is written.
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/relay/{relay}", worker.addr))
+            .await
+            .unwrap();
+    ws.send(Message::text(r#"["REQ","live",{"kinds":[1]}]"#))
+        .await
+        .unwrap();
+    assert_eq!(next_frame(&mut ws).await[0], "EOSE");
+
+    let mut writer_log = HyperLog::create(&gateway.dir.path().join("gateway-writer"), Some(secret))
+        .await
+        .unwrap();
+    let event = signed_event(6, 1_700_000_200, 1, Vec::new(), "written by the gateway");
+    writer_log
+        .append(&RelayOp::event(&event).unwrap().encode())
+        .await
+        .unwrap();
+    let writer_key = writer_log.public_key().to_bytes();
+    gateway
+        .state
+        .lock()
+        .await
+        .writers
+        .insert(writer_key, writer_log);
+
+    assert!(
+        eventually(PATIENCE, async || gateway.link(peer).await.is_some()).await,
+        "the worker never linked to the gateway"
+    );
+    let link = gateway.link(peer).await.unwrap();
+    let now = worker_agent_support::unix_now();
+    let push = PendingWritePush {
+        push_id: 1,
+        relay_key: relay,
+        state: PendingState::Pending,
+        reason: BoundedString::truncating("replica-write"),
+        types: BoundedVec::new(vec![PendingType::Event]).unwrap(),
+        drive_identifier: None,
+        drive_version: None,
+        pending_since: now,
+        updated_at: now,
+        lease_version: Some(1),
+        lease_active: true,
+        cleared_at: None,
+    };
+    let answer = link
+        .request(WireMessage::PendingWritePush(push))
+        .await
+        .unwrap();
+    let WireMessage::PushAck(ack) = answer else {
+        panic!("push answered with {}", answer.kind());
+    };
+    assert_eq!(ack.status, AckStatus::Accepted);
+
+    // The agent copies the gateway's log in; the local server's view catches up and the live
+    // subscriber gets the event.
+    let frame = next_frame(&mut ws).await;
+    assert_eq!(frame[0], "EVENT", "{frame}");
+    assert_eq!(frame[1], "live", "{frame}");
+    assert_eq!(frame[2]["id"], event.id.to_hex().as_str(), "{frame}");
+}
+
+/// The next text frame from the worker, parsed.
+async fn next_frame(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Value {
+    loop {
+        let message = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("no frame from the worker")
+            .expect("the worker closed the connection")
+            .unwrap();
+        if let Message::Text(text) = message {
+            return serde_json::from_str(text.as_str()).unwrap();
+        }
+    }
 }

@@ -395,7 +395,7 @@ async fn open_relay(
                 );
             }
             let writable = logs.writer_log(&writer).await?.is_writable();
-            (WorkerStore::Own(logs), writable)
+            (WorkerStore::Own(Box::new(logs)), writable)
         }
     };
     if !writable {

@@ -24,8 +24,9 @@ use crate::worker_agent::{AgentError, WorkerAgentHandle};
 /// Where a served relay's logs live. See the module docs.
 #[derive(Debug)]
 pub enum WorkerStore {
-    /// The server owns the logs (no gateway configured).
-    Own(RelayLogs),
+    /// The server owns the logs (no gateway configured). Boxed: a `RelayLogs` is large and a
+    /// store is made once per relay.
+    Own(Box<RelayLogs>),
     /// The worker agent owns the logs.
     Agent {
         /// The agent.
