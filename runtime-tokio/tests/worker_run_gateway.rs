@@ -65,11 +65,18 @@ fn init(dir: &Path) -> Value {
 
 /// `hypergate worker run` on a free loopback port, linked to `gateway`.
 fn run(dir: &Path, gateway: &TestGateway) -> Worker {
-    let mut child = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    command
+        .env("HYPERGATE_WORKER_GATEWAY", gateway.addr.to_string())
+        .env("HYPERGATE_WORKER_GATEWAY_KEY", gateway.peer.to_hex());
+    spawn(command, dir)
+}
+
+/// Starts `command` as `hypergate worker run` on a free loopback port; waits until it listens.
+fn spawn(mut command: Command, dir: &Path) -> Worker {
+    let mut child = command
         .args(["worker", "run", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
-        .env("HYPERGATE_WORKER_GATEWAY", gateway.addr.to_string())
-        .env("HYPERGATE_WORKER_GATEWAY_KEY", gateway.peer.to_hex())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -77,10 +84,10 @@ fn run(dir: &Path, gateway: &TestGateway) -> Worker {
     let stdout = child.stdout.take().unwrap();
     let (lines_tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
+        // Keep draining after the caller stopped listening: a closed pipe would make the
+        // worker's next println fail.
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                return;
-            }
+            let _ = lines_tx.send(line);
         }
     });
     let addr = loop {
@@ -202,6 +209,20 @@ async fn worker_run_with_a_gateway_registers_mirrors_local_publishes_and_reports
     assert!(ok);
     assert!(table.contains(&format!("relay {relay}")), "{table}");
     assert!(table.contains("gateway           connected"), "{table}");
+}
+
+#[test]
+fn worker_run_without_a_gateway_reports_its_relays_and_no_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = init(dir.path());
+    let worker = spawn(Command::new(BIN), dir.path());
+    let (ok, stdout) = status(&format!("http://{}/", worker.addr), &["--json"]);
+    assert!(ok);
+    let shown: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(shown["gatewayConnected"], false);
+    assert_eq!(shown["worker"], report["peerId"]);
+    assert_eq!(shown["relays"][0]["relayKey"], report["relayKey"]);
+    assert_eq!(shown["relays"].as_array().unwrap().len(), 1);
 }
 
 #[test]

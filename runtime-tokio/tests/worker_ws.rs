@@ -73,10 +73,10 @@ fn run(dir: &Path, relay: &str, extra: &[&str]) -> Worker {
     let stdout = child.stdout.take().unwrap();
     let (lines_tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
+        // Keep draining after the caller stopped listening: a closed pipe would make the
+        // worker's next println fail.
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                return;
-            }
+            let _ = lines_tx.send(line);
         }
     });
     let addr = loop {

@@ -115,9 +115,9 @@ impl DataDir {
         Ok(WriterKey(writer))
     }
 
-    /// Creates the identity (if absent) and a first relay with its owner log and the worker's
-    /// writer log (recorded in the owner log with `AddWriter`). Refuses a directory that already
-    /// holds a relay.
+    /// Creates the identity (if absent) and a first relay with its owner log, the worker's
+    /// writer log and a gateway writer (both recorded in the owner log with `AddWriter`) and its
+    /// keys file. Refuses a directory that already holds a relay.
     pub async fn init(&self) -> anyhow::Result<Initialised> {
         create_private_dir(&self.root)?;
         let existing = self.relays()?;
