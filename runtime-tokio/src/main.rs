@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// hypergate: the always-on public gateway for Hypertuna-style Nostr relays.
 #[derive(Debug, Parser)]
@@ -91,7 +91,115 @@ enum WorkerCommand {
             env = "HYPERGATE_WORKER_MAX_FRAME_BYTES"
         )]
         max_frame_bytes: usize,
+        // Boxed: the gateway and escrow options are many and most runs need none.
+        #[command(flatten)]
+        gateway: Box<GatewayArgs>,
     },
+    /// Print a running worker's status (GET /status): relays, cores and mirror lag, pending
+    /// jobs, rotations. Exit 1 if the worker is unreachable.
+    Status {
+        /// The worker's base URL (its listen address).
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:8480",
+            env = "HYPERGATE_WORKER_URL"
+        )]
+        url: String,
+        /// Print the JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The gateway link and escrow of `hypergate worker run`.
+#[derive(Debug, Args)]
+struct GatewayArgs {
+    /// `host:port` of the gateway's peer-link listener; with it the worker agent runs too
+    /// (registration, mirroring, pending-write resync, rotation).
+    #[arg(long, env = "HYPERGATE_WORKER_GATEWAY", requires = "gateway_key")]
+    gateway: Option<String>,
+    /// The gateway's public key (hex), pinned: the link refuses any other.
+    #[arg(long, env = "HYPERGATE_WORKER_GATEWAY_KEY", requires = "gateway")]
+    gateway_key: Option<String>,
+    /// The escrow service's base URL (`https://host:port/api/escrow`); with it the gateway
+    /// writer keys are deposited.
+    #[arg(
+        long,
+        env = "HYPERGATE_WORKER_ESCROW_URL",
+        requires_all = ["gateway", "escrow_client_id", "escrow_secret_file"]
+    )]
+    escrow_url: Option<String>,
+    /// This worker's client id on the escrow's allow-list.
+    #[arg(
+        long,
+        env = "HYPERGATE_WORKER_ESCROW_CLIENT_ID",
+        requires = "escrow_url"
+    )]
+    escrow_client_id: Option<String>,
+    /// A file holding the escrow HMAC secret.
+    #[arg(
+        long,
+        env = "HYPERGATE_WORKER_ESCROW_SECRET_FILE",
+        requires = "escrow_url"
+    )]
+    escrow_secret_file: Option<PathBuf>,
+    /// The CA bundle (PEM) the escrow's certificate chains to (required for https).
+    #[arg(long, env = "HYPERGATE_WORKER_ESCROW_CA", requires = "escrow_url")]
+    escrow_ca: Option<PathBuf>,
+    /// This worker's client certificate (PEM) for the escrow's mTLS.
+    #[arg(
+        long,
+        env = "HYPERGATE_WORKER_ESCROW_CLIENT_CERT",
+        requires_all = ["escrow_client_key", "escrow_ca"]
+    )]
+    escrow_client_cert: Option<PathBuf>,
+    /// The key (PEM) of that certificate.
+    #[arg(
+        long,
+        env = "HYPERGATE_WORKER_ESCROW_CLIENT_KEY",
+        requires = "escrow_client_cert"
+    )]
+    escrow_client_key: Option<PathBuf>,
+    /// Re-deposit a gateway writer key this many seconds before its deposit expires.
+    #[arg(
+        long,
+        default_value_t = 3600,
+        env = "HYPERGATE_WORKER_ESCROW_REDEPOSIT_MARGIN_SECS"
+    )]
+    escrow_redeposit_margin_secs: u64,
+}
+
+impl GatewayArgs {
+    fn into_options(self) -> anyhow::Result<Option<hypergate_tokio::worker::GatewayOptions>> {
+        let (Some(addr), Some(key)) = (self.gateway, self.gateway_key) else {
+            return Ok(None);
+        };
+        let key = key
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--gateway-key: {e}"))?;
+        let escrow = match (
+            self.escrow_url,
+            self.escrow_client_id,
+            self.escrow_secret_file,
+        ) {
+            (Some(url), Some(client_id), Some(secret_file)) => {
+                Some(hypergate_tokio::worker::EscrowOptions {
+                    url,
+                    client_id,
+                    secret_file,
+                    ca: self.escrow_ca,
+                    client_cert: self.escrow_client_cert.zip(self.escrow_client_key),
+                    redeposit_margin: Duration::from_secs(self.escrow_redeposit_margin_secs),
+                })
+            }
+            _ => None,
+        };
+        Ok(Some(hypergate_tokio::worker::GatewayOptions {
+            addr,
+            key,
+            escrow,
+        }))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,12 +284,25 @@ fn main() -> ExitCode {
                         listen,
                         outbound_queue,
                         max_frame_bytes,
+                        gateway,
                     },
-            } => hypergate_tokio::worker::run(hypergate_tokio::worker::RunOptions {
-                data_dir,
-                listen,
-                outbound_queue,
-                max_frame_bytes,
+            } => match (*gateway).into_options() {
+                Ok(gateway) => hypergate_tokio::worker::run(hypergate_tokio::worker::RunOptions {
+                    data_dir,
+                    listen,
+                    outbound_queue,
+                    max_frame_bytes,
+                    gateway,
+                })
+                .await
+                .map(|()| ExitCode::SUCCESS),
+                Err(error) => Err(error),
+            },
+            Command::Worker {
+                command: WorkerCommand::Status { url, json },
+            } => hypergate_tokio::worker::status(hypergate_tokio::worker::StatusOptions {
+                url,
+                json,
             })
             .await
             .map(|()| ExitCode::SUCCESS),

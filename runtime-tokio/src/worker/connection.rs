@@ -17,11 +17,13 @@ use std::time::Instant;
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use hypergate_adapters::index::{LiveMessage, SubscriberId};
-use hypergate_adapters::relay::{HostedSession, LiveStarted, RelayHost, RelayLogs};
+use hypergate_adapters::relay::{HostedSession, LiveStarted, RelayHost};
 use hypergate_core::nostr::{SignatureVerifier, SubscriptionId};
 use hypergate_core::session::{Session, SessionConfig};
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio::task::JoinSet;
+
+use super::WorkerStore;
 
 /// Bounds of one connection.
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +45,7 @@ type LiveItem = (SubscriptionId, SubscriberId, LiveMessage);
 /// Serves one upgraded WebSocket until it closes, the client is too slow, or shutdown.
 pub(super) async fn serve(
     socket: WebSocket,
-    host: Arc<Mutex<RelayHost<RelayLogs>>>,
+    host: Arc<Mutex<RelayHost<WorkerStore>>>,
     config: ConnectionConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {

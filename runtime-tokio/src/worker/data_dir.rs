@@ -5,17 +5,22 @@
 //!   identity.json                     0600  the worker's ed25519 identity (peer id = public key)
 //!   relays/                           0700
 //!     <relay key hex>/                      one relay
-//!       owner.json                    0600  the owner key (the relay key is its public key)
-//!       relay.json                          {"relayKey", "writerKey"}: which writer log is ours
+//!       keys/relay-keys.json          0600  every secret of the relay (see `worker_agent::keys`):
+//!                                           the owner key (the relay key is its public key), the
+//!                                           worker's own writer (`localWriter`), the gateway
+//!                                           writer keys and their escrow deposits
 //!       owner/                              the owner log (AddWriter / RemoveWriter)
-//!       writers/<writer key hex>/           the worker's writer log (events it accepted)
+//!       writers/<writer key hex>/           writer logs: the worker's own (events it accepted)
+//!                                           and the gateway writer's (ingested at resync)
 //!       index.redb                          the relay index, rebuilt from the logs at each start
 //!     .creating-<pid>/                      a relay being created; never served
 //! ```
 //!
 //! A relay is created in a staging directory and renamed into place once complete, so a crash
-//! during `init` never leaves a half-made relay that `run` would try to serve. The hypercore
-//! logs keep their secret keys in their own files; the 0700 directories keep them private.
+//! during `init` never leaves a half-made relay that `run` would try to serve. The relay is made
+//! by [`worker_agent::create_relay_in`], the one place that creates relay keys; `run` and the
+//! worker agent read the same `relay-keys.json`. The hypercore logs keep their secret keys in
+//! their own files; the 0700 directories keep them private.
 
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
@@ -24,22 +29,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use ed25519_dalek::SigningKey;
 use hypergate_adapters::crypto::Identity;
-use hypergate_adapters::relay::RelayLogs;
 use hypergate_core::ids::RelayKey;
 use hypergate_core::relay::WriterKey;
 use rand_core::{OsRng, TryRngCore};
-use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-/// `relay.json`: the public facts about one hosted relay.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RelayRecord {
-    /// The relay key (the owner log's public key), hex.
-    pub relay_key: String,
-    /// The worker's own writer log, hex.
-    pub writer_key: String,
-}
+use crate::worker_agent::{self, RelayKeys};
 
 /// What `init` made.
 #[derive(Debug)]
@@ -107,30 +102,22 @@ impl DataDir {
         Ok(relays)
     }
 
-    /// Reads a relay's `relay.json` and checks it names that relay.
-    pub fn relay_record(&self, relay: &RelayKey) -> anyhow::Result<(RelayRecord, WriterKey)> {
-        let path = self.relay_dir(relay).join("relay.json");
-        let text =
-            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let record: RelayRecord = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a relay record", path.display()))?;
-        if record.relay_key != relay.to_hex() {
+    /// The worker's own writer log of `relay`, from its keys file.
+    pub fn local_writer(&self, relay: &RelayKey) -> anyhow::Result<WriterKey> {
+        let dir = self.relay_dir(relay);
+        let keys = RelayKeys::load(&dir)?;
+        let Some(writer) = keys.local_writer else {
             bail!(
-                "{} names relay {}, not {relay}",
-                path.display(),
-                record.relay_key
+                "{} names no writer log of this worker (localWriter)",
+                RelayKeys::path_in(&dir).display()
             );
-        }
-        let writer: WriterKey = record
-            .writer_key
-            .parse()
-            .with_context(|| format!("{}: writerKey", path.display()))?;
-        Ok((record, writer))
+        };
+        Ok(WriterKey(writer))
     }
 
-    /// Creates the identity (if absent) and a first relay with its owner log and the worker's
-    /// writer log (recorded in the owner log with `AddWriter`). Refuses a directory that already
-    /// holds a relay.
+    /// Creates the identity (if absent) and a first relay with its owner log, the worker's
+    /// writer log and a gateway writer (both recorded in the owner log with `AddWriter`) and its
+    /// keys file. Refuses a directory that already holds a relay.
     pub async fn init(&self) -> anyhow::Result<Initialised> {
         create_private_dir(&self.root)?;
         let existing = self.relays()?;
@@ -153,27 +140,11 @@ impl DataDir {
                 .with_context(|| format!("removing a stale {}", staging.display()))?;
         }
         create_private_dir(&staging)?;
-        let owner = Identity::load_or_create(&staging.join("owner.json"))
-            .context("creating the relay owner key")?;
-        let owner_key = owner.signing_key().clone();
-        let relay = RelayKey(owner_key.verifying_key().to_bytes());
-
-        let mut logs = RelayLogs::create(&staging, owner_key)
+        let owner = fresh_signing_key()?;
+        let relay = RelayKey(owner.verifying_key().to_bytes());
+        let writer = worker_agent::create_relay_in(&staging, owner)
             .await
-            .context("creating the owner log")?;
-        let writer = logs
-            .add_local_writer(fresh_signing_key()?)
-            .await
-            .context("creating the worker's writer log")?;
-        drop(logs);
-
-        let record = RelayRecord {
-            relay_key: relay.to_hex(),
-            writer_key: writer.to_hex(),
-        };
-        let record_path = staging.join("relay.json");
-        fs::write(&record_path, serde_json::to_vec_pretty(&record)?)
-            .with_context(|| format!("writing {}", record_path.display()))?;
+            .context("creating the relay's logs and keys")?;
         let target = self.relay_dir(&relay);
         fs::rename(&staging, &target)
             .with_context(|| format!("moving the new relay to {}", target.display()))?;

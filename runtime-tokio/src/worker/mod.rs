@@ -1,5 +1,5 @@
-//! `hypergate worker`: a worker that hosts relays on disk and serves them to local Nostr
-//! clients (the first slice of the worker agent; the peer link to the gateway comes later).
+//! `hypergate worker`: a worker that hosts relays on disk, serves them to local Nostr clients
+//! and, given a gateway, runs the [worker agent](crate::worker_agent) beside them.
 //!
 //! Contract:
 //! - `init` creates the data directory (layout in [`data_dir`]) with the worker identity and a
@@ -10,11 +10,22 @@
 //!   verified (id and signature) by the core session, appended to the worker's writer log
 //!   (durable before `OK true`) and delivered live; `REQ` is answered from the relay index,
 //!   which is rebuilt from the logs at start. SIGINT / SIGTERM close every connection and stop
-//!   the server.
+//!   the server (and the agent).
+//! - `run --gateway ADDR --gateway-key HEX` also starts the worker agent in the same process.
+//!   The agent owns every relay's logs; the server reads and appends through its handle (see
+//!   [`store`]), so events published locally are advertised to the gateway's mirror, and a
+//!   task per relay catches the server's view up whenever the agent changed the logs (gateway
+//!   writes ingested at resync, rotations).
+//! - `run` serves `GET /status`: the [`WorkerStatus`] as JSON (the agent's, or without a
+//!   gateway one that lists the relays and `gatewayConnected: false`). `status` fetches it and
+//!   prints it as a table or (`--json`) as it came; unreachable: exit 1.
 
 mod connection;
 pub mod data_dir;
+mod gateway;
 mod server;
+pub mod status;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,6 +44,11 @@ use tokio::sync::{Mutex, watch};
 
 pub use connection::ConnectionConfig;
 pub use data_dir::DataDir;
+pub use gateway::{EscrowOptions, GatewayOptions};
+pub use status::{StatusOptions, status};
+pub use store::WorkerStore;
+
+use crate::worker_agent::{self, WorkerAgentHandle, WorkerStatus};
 
 /// Live events queued per subscription in the relay's feed before it is dropped as too slow.
 const LIVE_QUEUE: usize = 1024;
@@ -59,6 +75,8 @@ pub struct RunOptions {
     pub outbound_queue: usize,
     /// Longest client frame, in bytes.
     pub max_frame_bytes: usize,
+    /// The gateway to link to; `None` serves local clients only.
+    pub gateway: Option<GatewayOptions>,
 }
 
 /// The local WebSocket URL of `relay` on a worker listening at `listen`.
@@ -94,7 +112,8 @@ pub async fn init(options: InitOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves every relay of the data directory until SIGINT or SIGTERM.
+/// Serves every relay of the data directory (and runs the agent when a gateway is given) until
+/// SIGINT or SIGTERM.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let dir = DataDir::new(&options.data_dir);
     if !dir.identity_path().exists() {
@@ -109,6 +128,17 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     if relays.is_empty() {
         bail!("{} hosts no relay", options.data_dir.display());
     }
+    let agent = match &options.gateway {
+        Some(gateway) => Some(
+            gateway::start_agent(
+                &options.data_dir,
+                Identity::from_signing_key(identity.signing_key().clone()),
+                gateway,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let session = SessionConfig {
         limits: Limits {
             max_frame_bytes: options.max_frame_bytes,
@@ -118,8 +148,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     };
     let host_config = HostConfig::default();
     let mut served = BTreeMap::new();
+    let mut refreshers = tokio::task::JoinSet::new();
     for relay in relays {
-        let host = open_relay(&dir, relay, host_config.clone())
+        let host = open_relay(&dir, relay, host_config.clone(), agent.as_ref())
             .await
             .with_context(|| format!("opening relay {relay}"))?;
         let information = information(
@@ -128,13 +159,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             &host_config.query_limits,
             host.is_writable(),
         );
-        served.insert(
-            relay,
-            server::ServedRelay {
-                host: Arc::new(Mutex::new(host)),
-                information,
-            },
-        );
+        let host = Arc::new(Mutex::new(host));
+        if let Some(agent) = &agent {
+            refreshers.spawn(gateway::follow_agent(
+                agent.log_changes(),
+                Arc::clone(&host),
+            ));
+        }
+        served.insert(relay, server::ServedRelay { host, information });
     }
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -147,6 +179,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     for relay in served.keys() {
         println!("relay {relay}: {}", relay_url(address, relay));
     }
+    if let Some(gateway) = &options.gateway {
+        println!("gateway {} ({})", gateway.addr, gateway.key.short());
+    }
+    let status = match &agent {
+        Some(agent) => server::StatusSource::Agent(agent.clone()),
+        None => server::StatusSource::Standalone(standalone_status(&dir, &identity, &served)),
+    };
     let (shutdown_tx, shutdown) = watch::channel(false);
     let state = Arc::new(server::ServerState {
         relays: served,
@@ -155,6 +194,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             outbound_queue: options.outbound_queue,
         },
         shutdown,
+        status,
     });
     // Frames are small and many (an EVENT per stored event, then EOSE): without TCP_NODELAY,
     // Nagle's algorithm and delayed ACKs hold each answer back by ~40 ms.
@@ -163,39 +203,94 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, server::router(state))
+    let served = axum::serve(listener, server::router(state))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             let _ = shutdown_tx.send(true);
         })
         .await
-        .context("serving")?;
-    Ok(())
+        .context("serving");
+    refreshers.abort_all();
+    if let Some(agent) = agent {
+        agent.shutdown().await;
+    }
+    served
 }
 
-/// Opens one relay's logs, rebuilds its index and makes its host (writable when the worker's
-/// writer log holds its secret key).
+/// `/status` without an agent: the relays, and no gateway.
+fn standalone_status(
+    dir: &DataDir,
+    identity: &Identity,
+    served: &BTreeMap<RelayKey, server::ServedRelay>,
+) -> WorkerStatus {
+    let relays = served
+        .keys()
+        .map(|relay| {
+            let keys = worker_agent::RelayKeys::load(&dir.relay_dir(relay)).ok();
+            worker_agent::RelayStatus {
+                relay_key: relay.to_hex(),
+                job_state: "idle".to_owned(),
+                gateway_writer: keys
+                    .as_ref()
+                    .map(|keys| hex::encode(keys.current))
+                    .unwrap_or_default(),
+                escrow_id: keys.and_then(|keys| keys.escrow_id),
+                cores: Vec::new(),
+            }
+        })
+        .collect();
+    WorkerStatus {
+        worker: identity.peer_id().to_hex(),
+        gateway_connected: false,
+        connects: 0,
+        relays,
+        pending_jobs: 0,
+        rotations: Vec::new(),
+        refused_pushes: 0,
+    }
+}
+
+/// Opens one relay's logs (its own, or the agent's through its handle), rebuilds its index and
+/// makes its host (writable when the worker's writer log holds its secret key).
 async fn open_relay(
     dir: &DataDir,
     relay: RelayKey,
     config: HostConfig,
-) -> anyhow::Result<RelayHost<RelayLogs>> {
-    let (_, writer) = dir.relay_record(&relay)?;
+    agent: Option<&WorkerAgentHandle>,
+) -> anyhow::Result<RelayHost<WorkerStore>> {
+    let writer = dir.local_writer(&relay)?;
     let relay_dir = dir.relay_dir(&relay);
-    let mut logs = RelayLogs::open(&relay_dir).await?;
-    if logs.relay_key() != relay {
-        bail!(
-            "{} holds the owner log of relay {}",
-            relay_dir.display(),
-            logs.relay_key()
-        );
-    }
-    let writable = logs.writer_log(&writer).await?.is_writable();
+    let (store, writable) = match agent {
+        Some(handle) => {
+            let writable = handle
+                .with_relay(relay, async |logs| {
+                    logs.writer_log(&writer).await.map(|log| log.is_writable())
+                })
+                .await??;
+            let store = WorkerStore::Agent {
+                handle: handle.clone(),
+                relay,
+            };
+            (store, writable)
+        }
+        None => {
+            let mut logs = RelayLogs::open(&relay_dir).await?;
+            if logs.relay_key() != relay {
+                bail!(
+                    "{} holds the owner log of relay {}",
+                    relay_dir.display(),
+                    logs.relay_key()
+                );
+            }
+            let writable = logs.writer_log(&writer).await?.is_writable();
+            (WorkerStore::Own(Box::new(logs)), writable)
+        }
+    };
     if !writable {
         tracing::warn!(%relay, %writer, "the worker's writer log has no secret key: serving read-only");
     }
     let indexed = IndexedRelay::create(relay, &relay_dir.join("index.redb"), LIVE_QUEUE)?;
-    let host = RelayHost::open(indexed, logs, writable.then_some(writer), config).await?;
+    let host = RelayHost::open(indexed, store, writable.then_some(writer), config).await?;
     Ok(host)
 }
 

@@ -1,7 +1,7 @@
-//! The worker's local HTTP surface: NIP-01 over WebSocket and the NIP-11 document.
+//! The worker's local HTTP surface: NIP-01 over WebSocket, the NIP-11 document and the status.
 //!
-//! Routes: `/relay/<relayKey>` for every hosted relay, and `/` when the worker hosts exactly
-//! one. A WebSocket upgrade gets a NIP-01 session; `Accept: application/nostr+json` gets the
+//! Routes: `/relay/<relayKey>` for every hosted relay, `/` when the worker hosts exactly
+//! one, and `GET /status` (the [`WorkerStatus`] as JSON). A WebSocket upgrade gets a NIP-01 session; `Accept: application/nostr+json` gets the
 //! relay's NIP-11 document (with the CORS headers NIP-11 asks for); any other GET gets a short
 //! text saying what the URL is. An unknown or malformed relay key is a 404 / 400 with a JSON
 //! `{error}` body. Frames longer than twice the session's frame limit are refused by the
@@ -17,16 +17,18 @@ use axum::extract::{Path, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hypergate_adapters::relay::{RelayHost, RelayLogs};
+use hypergate_adapters::relay::RelayHost;
 use hypergate_core::ids::RelayKey;
 use tokio::sync::{Mutex, watch};
 
+use super::WorkerStore;
 use super::connection::{self, ConnectionConfig};
+use crate::worker_agent::{WorkerAgentHandle, WorkerStatus};
 
 /// One relay as the server sees it.
 pub(super) struct ServedRelay {
     /// The relay's host, shared by its connections.
-    pub(super) host: Arc<Mutex<RelayHost<RelayLogs>>>,
+    pub(super) host: Arc<Mutex<RelayHost<WorkerStore>>>,
     /// Its NIP-11 document, as JSON.
     pub(super) information: String,
 }
@@ -39,6 +41,16 @@ pub(super) struct ServerState {
     pub(super) connection: ConnectionConfig,
     /// Turns `true` when the worker shuts down.
     pub(super) shutdown: watch::Receiver<bool>,
+    /// Where `/status` comes from.
+    pub(super) status: StatusSource,
+}
+
+/// Where `/status` comes from.
+pub(super) enum StatusSource {
+    /// The agent's live status.
+    Agent(WorkerAgentHandle),
+    /// No gateway: a fixed list of the relays.
+    Standalone(WorkerStatus),
 }
 
 /// The router.
@@ -46,6 +58,7 @@ pub(super) fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/", get(root))
         .route("/relay/{relay_key}", get(relay))
+        .route("/status", get(status))
         .with_state(state)
 }
 
@@ -65,6 +78,14 @@ async fn root(
             "this worker hosts several relays: connect to /relay/<relayKey>",
         ),
     }
+}
+
+async fn status(State(state): State<Arc<ServerState>>) -> Response {
+    let status = match &state.status {
+        StatusSource::Agent(agent) => agent.status(),
+        StatusSource::Standalone(status) => status.clone(),
+    };
+    axum::Json(status).into_response()
 }
 
 async fn relay(

@@ -21,6 +21,10 @@
 //! - **Escrow** (optional): the gateway writer's `WriterPackage` is sealed to the escrow's key,
 //!   signed with the relay key and deposited; re-deposited before it expires.
 //! - **Status.** [`WorkerAgentHandle::status`] returns a [`WorkerStatus`] (JSON-serialisable).
+//! - **Sharing the logs.** The agent is the one owner of each relay's `RelayLogs`; another view
+//!   in the process (`hypergate worker run`'s local server) reads and appends through the handle
+//!   ([`WorkerAgentHandle::with_relay`], [`WorkerAgentHandle::append_events`]) and catches up
+//!   when [`WorkerAgentHandle::log_changes`] moves.
 
 mod effects;
 pub mod keys;
@@ -41,7 +45,7 @@ use hypergate_core::ids::{PeerId, RelayKey};
 use hypergate_core::nostr::Event;
 use hypergate_core::relay::WriterKey;
 use hypergate_core::worker::WorkerConfig;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, Notify, watch};
 
 use crate::escrow::EscrowClient;
 
@@ -147,6 +151,9 @@ pub(crate) struct Shared {
     /// Something changed locally: re-advertise.
     pub(crate) changed: Notify,
     pub(crate) stop: Notify,
+    /// Bumped after every resync step the agent ran against the logs (ingests, owner-log
+    /// rotations): views kept beside the agent (the local server's) catch up on it.
+    pub(crate) revision: watch::Sender<u64>,
 }
 
 /// The relays directory inside a data directory.
@@ -160,18 +167,26 @@ pub fn relays_dir(data_dir: &Path) -> PathBuf {
 pub async fn create_relay(data_dir: &Path) -> Result<RelayKey, AgentError> {
     let owner = SigningKey::generate(&mut crypto_box::aead::OsRng);
     let relay = RelayKey(owner.verifying_key().to_bytes());
-    let dir = relays_dir(data_dir).join(relay.to_hex());
-    let mut logs = RelayLogs::create(&dir, owner.clone()).await?;
+    create_relay_in(&relays_dir(data_dir).join(relay.to_hex()), owner).await?;
+    Ok(relay)
+}
+
+/// Creates the relay owned by `owner` in `dir` (which may be a staging directory renamed into
+/// place later: nothing inside records its own path): the owner log, the worker's own writer
+/// log, a gateway writer added with `AddWriter`, and the [`RelayKeys`] file, the one place
+/// that holds the relay's secrets. Returns the worker's own writer.
+pub async fn create_relay_in(dir: &Path, owner: SigningKey) -> Result<WriterKey, AgentError> {
+    let mut logs = RelayLogs::create(dir, owner.clone()).await?;
     let local = logs
         .add_local_writer(SigningKey::generate(&mut crypto_box::aead::OsRng))
         .await?;
     let writer = SigningKey::generate(&mut crypto_box::aead::OsRng);
     logs.add_remote_writer(WriterKey(writer.verifying_key().to_bytes()))
         .await?;
-    let mut keys = RelayKeys::new(&dir, owner, writer);
+    let mut keys = RelayKeys::new(dir, owner, writer);
     keys.local_writer = Some(local.0);
     keys.save()?;
-    Ok(relay)
+    Ok(local)
 }
 
 /// The running agent.
@@ -199,6 +214,7 @@ pub async fn start(config: WorkerAgentConfig) -> Result<WorkerAgentHandle, Agent
         status: std::sync::Mutex::new(status::StatusState::new(config.identity.peer_id())),
         changed: Notify::new(),
         stop: Notify::new(),
+        revision: watch::Sender::new(0),
     });
     let task = tokio::spawn(session::run(config, Arc::clone(&shared)));
     Ok(WorkerAgentHandle {
@@ -219,6 +235,14 @@ async fn open_relays(data_dir: &Path) -> Result<BTreeMap<RelayKey, HostedRelay>,
     };
     let mut dirs: Vec<PathBuf> = entries
         .filter_map(Result::ok)
+        // Only directories named by a relay key: a staging directory (`.creating-<pid>`) left
+        // by an interrupted `hypergate worker init` is never a hosted relay.
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.parse::<RelayKey>().is_ok())
+        })
         .map(|entry| entry.path())
         .filter(|path| path.join("owner").is_dir())
         .collect();
@@ -265,6 +289,26 @@ impl WorkerAgentHandle {
         drop(relays);
         self.shared.shared.changed.notify_one();
         Ok(first)
+    }
+
+    /// Changes whenever the agent itself changed a relay's logs (gateway writes ingested, a
+    /// rotation in the owner log). Appends made through [`Self::append_events`] do not count:
+    /// their caller knows.
+    #[must_use]
+    pub fn log_changes(&self) -> watch::Receiver<u64> {
+        self.shared.shared.revision.subscribe()
+    }
+
+    /// The relays hosted, in key order.
+    pub async fn relays(&self) -> Vec<RelayKey> {
+        self.shared
+            .shared
+            .relays
+            .lock()
+            .await
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// Runs `read` on the relay's logs (tests and status tools read the owner log this way).

@@ -347,6 +347,9 @@ async fn drive(
     while let Some(effect) = core.poll_effect() {
         tracing::debug!(relay = %effect.relay.short(), step = effect.kind.name(), "resync step");
         let result = effects::perform(&effect, &ctx).await;
+        shared
+            .revision
+            .send_modify(|revision| *revision = revision.wrapping_add(1));
         if let Err(error) = &result {
             tracing::warn!(relay = %effect.relay.short(), step = effect.kind.name(), %error, "resync step failed");
         }
