@@ -47,7 +47,8 @@ use crate::escrow::EscrowClient;
 
 pub use keys::RelayKeys;
 pub use mirror::{
-    MirrorWireError, answer_range, decode_mirror_response, decode_mirror_response_bytes,
+    MirrorWireError, answer_proof_request, answer_range, decode_mirror_response,
+    decode_mirror_response_bytes, proof_request,
 };
 pub use status::{CoreStatus, RelayStatus, RotationEntry, WorkerStatus};
 
