@@ -528,7 +528,14 @@ fn every_message_but_a_mirror_response_fits_a_frame_with_all_fields_at_their_lim
         full_list(PendingType::HttpArtifact),
         Some(full_text()),
     );
-    for message in [registration, request, ack, advertise, pending, proof_request] {
+    for message in [
+        registration,
+        request,
+        ack,
+        advertise,
+        pending,
+        proof_request,
+    ] {
         let kind = message.kind();
         assert!(
             encode(&Frame::new(u64::MAX, message)).is_ok(),

@@ -262,13 +262,16 @@ fn resync_complete() -> impl Strategy<Value = ResyncComplete> {
 }
 
 fn mirror_proof_request() -> impl Strategy<Value = MirrorProofRequest> {
-    (any::<[u8; 32]>(), any::<u64>(), list((any::<u64>(), any::<u64>()))).prop_map(
-        |(core_key, signed_length, blocks)| MirrorProofRequest {
+    (
+        any::<[u8; 32]>(),
+        any::<u64>(),
+        list((any::<u64>(), any::<u64>())),
+    )
+        .prop_map(|(core_key, signed_length, blocks)| MirrorProofRequest {
             core_key,
             signed_length,
             blocks,
-        },
-    )
+        })
 }
 
 fn resync_ack() -> impl Strategy<Value = ResyncAck> {
