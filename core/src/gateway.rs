@@ -60,7 +60,7 @@ use crate::router::{
     AttemptId, Router, RouterConfig, RouterError, RouterEvent, SessionId, SessionKind,
 };
 use crate::time::{UnixTime, duration_millis};
-use crate::wire::{Frame, Heartbeat, Message, RegisterAck, RegisterRelays};
+use crate::wire::{Frame, Heartbeat, Message, RegisterAck, RegisterRelays, RelayLeaseEpoch};
 
 /// Tuning of the gateway composition.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -475,16 +475,26 @@ impl Gateway {
     fn register(&mut self, peer: PeerId, register: &RegisterRelays, now: Instant) -> RegisterAck {
         let unix = self.unix_time(now);
         let mut accepted = Vec::new();
+        let mut lease_epochs = Vec::new();
         for registration in register.relays.iter() {
+            let relay_key = registration.relay_key;
             self.registry.handle_registration(peer, registration, unix);
-            accepted.push(registration.relay_key);
+            accepted.push(relay_key);
+            // A worker that was away when a lease was issued learns it here (it rotates).
+            let epoch = self.leases.current_epoch(&relay_key);
+            if epoch > 0 {
+                lease_epochs.push(RelayLeaseEpoch { relay_key, epoch });
+            }
         }
         // A registering worker is alive.
         self.health.handle_heartbeat(peer, now);
+        // Both lists have at most one entry per registered relay, within the same bound.
         RegisterAck {
             accepted: crate::wire::BoundedVec::new(accepted)
                 .unwrap_or_else(|_| crate::wire::BoundedVec::empty()),
             rejected: crate::wire::BoundedVec::empty(),
+            lease_epochs: crate::wire::BoundedVec::new(lease_epochs)
+                .unwrap_or_else(|_| crate::wire::BoundedVec::empty()),
         }
     }
 

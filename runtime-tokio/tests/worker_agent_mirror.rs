@@ -14,6 +14,7 @@ use hypergate_core::ids::RelayKey;
 use hypergate_core::nostr::Event;
 use hypergate_core::nostr::testing::signed_event;
 use hypergate_core::relay::WriterKey;
+use hypergate_core::wire::MAX_MIRROR_BLOCKS_PER_RANGE;
 use hypergate_tokio::worker_agent::{self, WorkerAgentHandle};
 use worker_agent_support::{TestGateway, agent_config, eventually, identity, start_worker};
 
@@ -180,6 +181,90 @@ async fn a_worker_killed_mid_mirror_and_restarted_resumes_and_no_corrupt_block_i
         .max()
         .unwrap();
     assert_eq!(writer_len, 350);
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_several_responses_is_mirrored_completely_even_after_a_kill_mid_backlog() {
+    const BACKLOG: u64 = 3_000; // about three responses of at most 1,024 blocks
+    let gateway = TestGateway::start(identity(0x61)).await;
+    gateway.state.lock().await.hold_at = Some(0); // no pulls while the backlog is written
+    let data = tempfile::tempdir().unwrap();
+    let relay = worker_agent::create_relay(data.path()).await.unwrap();
+    let worker = start_worker(agent_config(identity(0x75), data.path(), &gateway, None)).await;
+    for batch in 0..BACKLOG / 500 {
+        worker
+            .append_events(relay, &events(batch * 500, 500))
+            .await
+            .unwrap();
+    }
+    let (writer, _) = worker_cores(&worker, relay)
+        .await
+        .into_iter()
+        .find(|core| core.1 == BACKLOG)
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            let state = gateway.state.lock().await;
+            state
+                .mirror
+                .core(&CoreKey(writer))
+                .is_some_and(|core| core.remote_length == BACKLOG)
+        })
+        .await,
+        "the backlog was not advertised"
+    );
+
+    // One response, then the mirror stops: its signed tree covers the whole backlog, its blocks
+    // only the first response. The worker is killed in that state.
+    gateway.state.lock().await.hold_at = Some(1);
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            let state = gateway.state.lock().await;
+            state.mirror.len(&CoreKey(writer)).unwrap_or(0) > 0
+        })
+        .await,
+        "the first response never arrived"
+    );
+    worker.shutdown().await;
+    let (held, signed) = {
+        let state = gateway.state.lock().await;
+        let record = state.mirror.core(&CoreKey(writer)).unwrap();
+        (record.local_length, record.signed_length)
+    };
+    eprintln!("mirror at the kill: {held} blocks held, signed tree {signed}");
+    assert!(
+        held > 0 && held <= MAX_MIRROR_BLOCKS_PER_RANGE as u64,
+        "one response at most"
+    );
+    assert_eq!(signed, BACKLOG, "the signed tree ran ahead of the blocks");
+
+    // Restarted with the mirror free to pull: it resumes from that state and completes.
+    gateway.state.lock().await.hold_at = None;
+    let worker = start_worker(agent_config(identity(0x75), data.path(), &gateway, None)).await;
+    assert!(
+        eventually(Duration::from_secs(120), async || mirrored(
+            &gateway, &worker, relay
+        )
+        .await)
+        .await,
+        "the backlog was not mirrored completely: {:?}",
+        gateway
+            .state
+            .lock()
+            .await
+            .mirror
+            .core(&CoreKey(writer))
+            .map(|core| (core.local_length, core.signed_length))
+    );
+    let state = gateway.state.lock().await;
+    assert_eq!(
+        state.mirror.counters().rejected_blocks,
+        0,
+        "a proof was rejected"
+    );
+    assert!(state.mirror.quarantined().is_empty());
+    drop(state);
     worker.shutdown().await;
 }
 

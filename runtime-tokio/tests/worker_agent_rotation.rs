@@ -1,6 +1,8 @@
 //! Push → ack → resync → resync-complete → rotation, end to end: a real escrow service over
 //! real mTLS (embedded store), the in-test gateway unlocking the deposit the worker made and
-//! appending under the leased key, and the worker rotating its gateway writer afterwards.
+//! appending under the leased key, and the worker rotating its gateway writer afterwards — also
+//! when the lease was issued while the worker was away and no push reached it (the registration
+//! ack carries the lease epoch).
 
 // Test helpers: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -215,6 +217,186 @@ async fn a_push_is_acked_resynced_and_answered_by_a_rotation_that_revokes_the_ol
         revoke_again["revoked"].as_array().map(Vec::len),
         Some(0),
         "the old deposit was still active: {revoke_again}"
+    );
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_issued_while_the_worker_was_away_is_answered_by_a_rotation_on_reconnect() {
+    use hypergate_core::gateway::{WriteId, WriteVerdict};
+    use hypergate_core::lease::LeaseGrant;
+    use hypergate_core::router::SessionKind;
+    use std::time::Instant;
+
+    let harness = Harness::start(Backend::Embedded, Options::default())
+        .await
+        .unwrap();
+    let escrow_policy = harness.policy().await;
+    let gateway_identity = Identity::from_signing_key(SigningKey::from_bytes(&[0x61; 32]));
+    let worker_identity = || Identity::from_signing_key(SigningKey::from_bytes(&[0x63; 32]));
+    let worker_peer = worker_identity().peer_id();
+    let gateway_peer = gateway_identity.peer_id();
+    let test_gateway = TestGateway::start(gateway_identity).await;
+
+    let data = tempfile::tempdir().unwrap();
+    let relay = worker_agent::create_relay(data.path()).await.unwrap();
+    let config = |identity: Identity| {
+        let escrow = EscrowSettings {
+            client: harness.client("worker"),
+            permitted_gateways: vec![gateway()],
+            redeposit_margin: Duration::from_secs(60),
+        };
+        agent_config(identity, data.path(), &test_gateway, Some(escrow))
+    };
+    let worker = start_worker(config(worker_identity())).await;
+    // Registered with escrow, and mirrored: the gateway can serve (and lease) the relay alone.
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            let state = test_gateway.state.lock().await;
+            let escrow = state
+                .core
+                .registry()
+                .relay(&relay)
+                .is_some_and(|record| record.escrow_enabled());
+            escrow
+                && state
+                    .mirror
+                    .cores_of_relay(&relay)
+                    .any(|core| core.local_length > 0)
+        })
+        .await,
+        "the relay was not registered with escrow and mirrored: {:?}",
+        worker.status()
+    );
+    let old_writer = worker.status().relays[0].gateway_writer.clone();
+    worker.shutdown().await;
+    assert!(
+        eventually(Duration::from_secs(30), async || test_gateway
+            .link(worker_peer)
+            .await
+            .is_none())
+        .await,
+        "the gateway never saw the worker go"
+    );
+
+    // While the worker is away: a client write, a real lease from the escrow, two gateway
+    // writes under the leased key. The pending push is never delivered (nobody to push to, and
+    // the writes are not marked pending here), so only the registration ack can tell the worker.
+    let gateway_escrow = harness.client("gateway");
+    let lease = gateway_escrow
+        .unlock(
+            relay,
+            None,
+            &evidence_allowing(now()),
+            &escrow_policy.public_key,
+        )
+        .await
+        .unwrap();
+    assert_eq!(hex::encode(lease.package.writer_key()), old_writer);
+    {
+        let mut state = test_gateway.state.lock().await;
+        let t = Instant::now();
+        let session = state
+            .core
+            .open_session(&relay.to_hex(), SessionKind::Client, t)
+            .unwrap();
+        let verdict = state
+            .core
+            .handle_client_write(session, WriteId(1), t)
+            .unwrap();
+        assert_eq!(verdict, WriteVerdict::Wait, "the write waits for a lease");
+        state
+            .core
+            .handle_lease_granted(
+                LeaseGrant {
+                    id: lease.lease_id,
+                    escrow_id: lease.escrow_id.clone(),
+                    holder: gateway_peer,
+                    expires_at: t + Duration::from_secs(600),
+                },
+                t,
+            )
+            .unwrap();
+        assert_eq!(
+            state.core.leases().current_epoch(&relay),
+            lease.lease_id.epoch
+        );
+        while state.core.poll_transmit().is_some() {}
+        while state.core.poll_event().is_some() {}
+    }
+    let mut writer_log = HyperLog::create(
+        &test_gateway.dir.path().join("gateway-writer"),
+        Some(lease.package.signing_key()),
+    )
+    .await
+    .unwrap();
+    for i in 0..2 {
+        let event = signed_event(5, 1_700_000_200 + i, 1, Vec::new(), "written while away");
+        writer_log
+            .append(&RelayOp::event(&event).unwrap().encode())
+            .await
+            .unwrap();
+    }
+    let writer_key = writer_log.public_key().to_bytes();
+    test_gateway
+        .state
+        .lock()
+        .await
+        .writers
+        .insert(writer_key, writer_log);
+
+    // The worker comes back: the ack carries the epoch, and it rotates.
+    let worker = start_worker(config(worker_identity())).await;
+    assert!(
+        eventually(Duration::from_secs(60), async || {
+            worker
+                .status()
+                .rotations
+                .iter()
+                .any(|r| r.status == "completed")
+        })
+        .await,
+        "no rotation completed after the reconnect: {:?}",
+        worker.status()
+    );
+    let status = worker.status();
+    let rotation = &status.rotations[0];
+    assert_eq!(rotation.reason, "worker-reconnect");
+    assert_eq!(rotation.previous_writer, old_writer);
+    let new_writer = rotation.new_writer.clone().unwrap();
+    assert_ne!(new_writer, old_writer);
+    assert_eq!(status.relays[0].gateway_writer, new_writer);
+    assert!(
+        test_gateway.state.lock().await.resyncs.is_empty(),
+        "no push, so no resync-complete"
+    );
+
+    // The owner log ends with the rotation, removing the old writer at what the gateway wrote.
+    let ops = worker
+        .with_relay(relay, async |logs| {
+            let owner = logs.owner_log();
+            let mut ops = Vec::new();
+            for index in 0..owner.len() {
+                ops.push(RelayOp::decode(&owner.get(index).await.unwrap().unwrap()).unwrap());
+            }
+            ops
+        })
+        .await
+        .unwrap();
+    let tail = &ops[ops.len() - 2..];
+    assert_eq!(
+        tail[0],
+        RelayOp::RemoveWriter {
+            key: WriterKey(writer_key),
+            final_length: 2
+        }
+    );
+    assert_eq!(
+        hex::encode(match &tail[1] {
+            RelayOp::AddWriter { key } => key.0,
+            other => panic!("expected AddWriter, found {other:?}"),
+        }),
+        new_writer
     );
     worker.shutdown().await;
 }

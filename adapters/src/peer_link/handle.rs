@@ -108,7 +108,9 @@ pub fn answer_kind(message: &Message) -> Option<&'static str> {
         Message::RegisterRelays(_) => Some("register_ack"),
         Message::Heartbeat(_) => Some("heartbeat_ack"),
         Message::HttpRequest(_) => Some("http_response"),
-        Message::MirrorRangeRequest(_) => Some("mirror_range_response"),
+        Message::MirrorRangeRequest(_) | Message::MirrorProofRequest(_) => {
+            Some("mirror_range_response")
+        }
         Message::PendingWritePush(_) => Some("push_ack"),
         Message::ResyncComplete(_) => Some("resync_ack"),
         _ => None,

@@ -335,6 +335,49 @@ mod write_path {
     }
 
     #[test]
+    fn a_worker_registering_after_a_lease_was_issued_learns_its_epoch_from_the_ack() {
+        let (mut gateway, session, t0) = offline_relay(true);
+        gateway
+            .handle_client_write(session, WriteId(1), t0)
+            .unwrap();
+        gateway.handle_lease_granted(grant(4, t0), t0).unwrap();
+        drain(&mut gateway);
+        // The worker comes back and registers again: no push needed to learn of the lease.
+        let later = t0 + Duration::from_secs(1);
+        gateway.handle_link_up(WORKER, later);
+        gateway.handle_frame(WORKER, register_with_escrow(true), later);
+        let (transmits, _) = drain(&mut gateway);
+        let acks: Vec<&RegisterAck> = transmits
+            .iter()
+            .filter_map(|transmit| match &transmit.frame.message {
+                Message::RegisterAck(ack) => Some(ack),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(acks.len(), 1);
+        assert_eq!(
+            acks[0].lease_epochs.as_slice(),
+            [crate::wire::RelayLeaseEpoch {
+                relay_key: RELAY,
+                epoch: 4
+            }]
+        );
+    }
+
+    #[test]
+    fn a_registration_ack_lists_no_epoch_for_a_relay_never_leased() {
+        let t0 = test_start();
+        let mut gateway = Gateway::new(GatewayConfig::default(), t0, UnixTime(1_000));
+        gateway.handle_link_up(WORKER, t0);
+        gateway.handle_frame(WORKER, register_frame(), t0);
+        let (transmits, _) = drain(&mut gateway);
+        let Some(Message::RegisterAck(ack)) = transmits.first().map(|t| &t.frame.message) else {
+            panic!("no registration ack");
+        };
+        assert!(ack.lease_epochs.is_empty());
+    }
+
+    #[test]
     fn a_write_beside_a_healthy_worker_goes_to_the_worker_never_under_a_lease() {
         let (mut gateway, session, t0) = offline_relay(true);
         gateway

@@ -8,8 +8,8 @@ use super::violation;
 use super::{Frame, WireError};
 
 /// The peer-link protocol version this build speaks. Bumped on any change to an existing
-/// message's shape.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// message's shape. Version 2: `RegisterAck::lease_epochs`.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest encoded frame (version prefix + body), in bytes: 16 MiB.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;

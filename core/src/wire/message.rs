@@ -62,7 +62,8 @@ pub const MAX_HEADER_VALUE_BYTES: usize = 8192;
 pub const MAX_HTTP_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// Most cores in one [`MirrorAdvertise`].
 pub const MAX_CORE_ADVERTS: usize = 4096;
-/// Most blocks one [`MirrorRangeRequest`] may span and one [`MirrorRangeResponse`] may carry.
+/// Most blocks one [`MirrorRangeRequest`] may span, one [`MirrorProofRequest`] may list and one
+/// [`MirrorRangeResponse`] may carry.
 pub const MAX_MIRROR_BLOCKS_PER_RANGE: usize = 1024;
 /// Largest single hypercore block, in bytes (1 MiB).
 pub const MAX_MIRROR_BLOCK_BYTES: usize = 1024 * 1024;
@@ -151,7 +152,8 @@ named_enum! {
         Nostr = "nostr",
         /// Forwarded HTTP requests ([`HttpRequest`] / [`HttpResponse`]).
         Http = "http",
-        /// Mirror replication ([`MirrorAdvertise`], [`MirrorRangeRequest`]).
+        /// Mirror replication ([`MirrorAdvertise`], [`MirrorRangeRequest`],
+        /// [`MirrorProofRequest`]).
         Mirror = "mirror",
         /// Pending-write push and resync ([`PendingWritePush`], [`ResyncComplete`]).
         PendingWrites = "pending-writes",
@@ -328,6 +330,19 @@ pub struct RegisterAck {
     pub accepted: BoundedVec<RelayKey, MAX_RELAYS_PER_REGISTRATION>,
     /// Relays refused, with why.
     pub rejected: BoundedVec<RejectedRelay, MAX_RELAYS_PER_REGISTRATION>,
+    /// The gateway's current lease epoch of each accepted relay it ever leased (protocol
+    /// version 2): a worker that was away when a lease was issued learns it here and rotates
+    /// its gateway writer, even though no push reached it.
+    pub lease_epochs: BoundedVec<RelayLeaseEpoch, MAX_RELAYS_PER_REGISTRATION>,
+}
+
+/// A relay's highest gateway lease epoch (0 is never sent: never leased).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayLeaseEpoch {
+    /// The relay.
+    pub relay_key: RelayKey,
+    /// The highest lease epoch the gateway issued or saw for it.
+    pub epoch: u64,
 }
 
 /// A relay the gateway refused to register.
@@ -504,6 +519,24 @@ impl<'de> Deserialize<'de> for MirrorRangeRequest {
     }
 }
 
+/// Asks for blocks of a core by what the asking copy already holds, so that the answer verifies
+/// from any state an interrupted transfer left the copy in (its signed tree may cover blocks it
+/// does not hold; decisions D62). Answered with a [`MirrorRangeResponse`].
+///
+/// Built from `HyperLog::request_range` / `MirrorStore::request_range` and answered with
+/// `HyperLog::answer_request`. The holder refuses a request for blocks past its length or from a
+/// signed length longer than its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorProofRequest {
+    /// The core's public key.
+    pub core_key: [u8; 32],
+    /// How many blocks the asking copy's signed tree covers; the answer upgrades from here.
+    pub signed_length: u64,
+    /// `(block index, tree nodes the copy already holds on that block's path)`, in the order the
+    /// proofs should come back.
+    pub blocks: BoundedVec<(u64, u64), MAX_MIRROR_BLOCKS_PER_RANGE>,
+}
+
 /// Blocks of a core starting at `start`, with the proof that verifies them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MirrorRangeResponse {
@@ -628,6 +661,9 @@ pub enum Message {
     Error(ErrorMessage),
     /// Gateway → worker: answer to [`Message::ResyncComplete`].
     ResyncAck(ResyncAck),
+    /// Either side: blocks wanted, described by what the asking copy holds; answered with
+    /// [`Message::MirrorRangeResponse`].
+    MirrorProofRequest(MirrorProofRequest),
 }
 
 impl Message {
@@ -651,6 +687,7 @@ impl Message {
             Message::ResyncComplete(_) => "resync_complete",
             Message::Error(_) => "error",
             Message::ResyncAck(_) => "resync_ack",
+            Message::MirrorProofRequest(_) => "mirror_proof_request",
         }
     }
 }

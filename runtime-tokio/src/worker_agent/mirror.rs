@@ -14,14 +14,17 @@
 //! - [`decode_mirror_response`] rebuilds the proofs; it never panics and bounds every length.
 //!   Whether a proof is *true* is decided by the receiver's `apply_proof` against the core key.
 //!
-//! Limitation: a copy whose batch was cut (signed tree ahead of its blocks) needs the replica's
-//! per-block missing-node counts (`RangeRequest`), which `MirrorRangeRequest` cannot carry; the
-//! wire needs a message for it (see the report / docs).
+//! - A [`MirrorProofRequest`] carries what the asking copy holds (its signed length and, per
+//!   block, the tree nodes it has: a `RangeRequest` from `request_range`), so its answer
+//!   ([`answer_proof_request`], built with [`HyperLog::answer_request`]) verifies from any state,
+//!   including a copy whose batch was cut (signed tree ahead of its blocks). Backlogs longer than
+//!   one response resume this way; [`proof_request`] turns a `RangeRequest` into the message.
+//!   `MirrorRangeRequest` is still answered for peers that send it.
 
-use hypergate_adapters::log::{self, HyperLog, LogError, Proof};
+use hypergate_adapters::log::{self, HyperLog, LogError, Proof, RangeRequest};
 use hypergate_core::wire::{
     BoundedBytes, BoundedVec, MAX_MIRROR_BLOCKS_PER_RANGE, MAX_MIRROR_PROOF_BYTES,
-    MirrorRangeRequest, MirrorRangeResponse,
+    MirrorProofRequest, MirrorRangeRequest, MirrorRangeResponse,
 };
 
 /// Why a mirror response could not be built or read.
@@ -51,6 +54,46 @@ pub async fn answer_range(
     }
     let end = length.min(start.saturating_add(MAX_MIRROR_BLOCKS_PER_RANGE as u64));
     let proofs = log.export_range(start, start..end).await?;
+    pack(core_key, start, proofs)
+}
+
+/// The message asking `core_key`'s holder for what `request` describes. At most
+/// [`MAX_MIRROR_BLOCKS_PER_RANGE`] blocks travel; `request_range` never builds more.
+pub fn proof_request(
+    core_key: [u8; 32],
+    request: RangeRequest,
+) -> Result<MirrorProofRequest, MirrorWireError> {
+    Ok(MirrorProofRequest {
+        core_key,
+        signed_length: request.signed_length,
+        blocks: BoundedVec::new(request.blocks)
+            .map_err(|e| MirrorWireError::Malformed(e.to_string()))?,
+    })
+}
+
+/// Answers a [`MirrorProofRequest`] from `log` with [`HyperLog::answer_request`]: proofs for the
+/// requested blocks in order, each carrying the upgrade from the asker's signed length, cut
+/// where the byte budget of one response ends. `start` is the first requested block.
+pub async fn answer_proof_request(
+    log: &mut HyperLog,
+    request: &MirrorProofRequest,
+) -> Result<MirrorRangeResponse, MirrorWireError> {
+    let start = request.blocks.first().map_or(log.len(), |block| block.0);
+    let range = RangeRequest {
+        signed_length: request.signed_length,
+        blocks: request.blocks.to_vec(),
+    };
+    let proofs = log.answer_request(&range).await?;
+    pack(request.core_key, start, proofs)
+}
+
+/// Moves block values into `blocks` and the value-less proofs into `proof`, stopping before the
+/// proof budget or a block over the wire's bound.
+fn pack(
+    core_key: [u8; 32],
+    start: u64,
+    proofs: Vec<Proof>,
+) -> Result<MirrorRangeResponse, MirrorWireError> {
     let mut values = Vec::with_capacity(proofs.len());
     let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(proofs.len());
     let mut budget = 0usize;
@@ -137,6 +180,54 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_proof_request_from_a_copy_cut_short_is_answered_with_proofs_that_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut origin = HyperLog::create(&dir.path().join("origin"), None)
+            .await
+            .unwrap();
+        for i in 0..40u32 {
+            origin.append(&i.to_be_bytes()).await.unwrap();
+        }
+        let key = origin.public_key().to_bytes();
+        let mut copy = HyperLog::create_replica(&dir.path().join("copy"), origin.public_key())
+            .await
+            .unwrap();
+        // The first answer covers 10 blocks and upgrades the copy's tree to 40.
+        let first = proof_request(key, copy.request_range(0..10).await.unwrap()).unwrap();
+        let response = answer_proof_request(&mut origin, &first).await.unwrap();
+        copy.apply_proofs(&decode_mirror_response(&response).unwrap())
+            .await
+            .unwrap();
+        assert_eq!((copy.len(), copy.contiguous_len()), (40, 10));
+        // The origin grows; the rest still verifies, asked by what the copy holds.
+        origin.append(b"later").await.unwrap();
+        let rest = proof_request(key, copy.request_range(10..41).await.unwrap()).unwrap();
+        let response = answer_proof_request(&mut origin, &rest).await.unwrap();
+        assert_eq!(response.start, 10);
+        copy.apply_proofs(&decode_mirror_response(&response).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(copy.contiguous_len(), 41);
+        assert_eq!(copy.get(40).await.unwrap().as_deref(), Some(&b"later"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_proof_request_past_the_holders_length_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut origin = HyperLog::create(dir.path(), None).await.unwrap();
+        origin.append(b"one").await.unwrap();
+        let request = MirrorProofRequest {
+            core_key: origin.public_key().to_bytes(),
+            signed_length: 0,
+            blocks: BoundedVec::new(vec![(0, 0), (5, 0)]).unwrap(),
+        };
+        assert!(matches!(
+            answer_proof_request(&mut origin, &request).await,
+            Err(MirrorWireError::Log(LogError::OutOfRange { .. }))
+        ));
+    }
 
     #[test]
     fn garbage_mirror_responses_are_errors_not_panics() {

@@ -8,10 +8,15 @@
 //! - **One link, always coming back.** The agent dials the gateway, pins its identity (the link
 //!   refuses any other key), reconnects with jittered backoff, and on every connect sends `Hello`,
 //!   `RegisterRelays` (whole list: the gateway merges), and a `MirrorAdvertise` of every core's
-//!   length; it re-advertises after local appends. Link heartbeats run in the link driver.
-//! - **Mirroring is pulled.** The gateway asks with `MirrorRangeRequest`s from where its mirror
-//!   stands and the agent answers with verifiable proofs ([`mirror`]), so after any interruption
-//!   the mirror resumes from its own state.
+//!   length; it re-advertises after local appends. Link heartbeats run in the link driver. The
+//!   `RegisterAck` carries each relay's gateway lease epoch; the agent feeds it to the core
+//!   before `handle_gateway_connected`, so a lease issued while it was away (no push reached
+//!   it) is answered by a `worker-reconnect` rotation.
+//! - **Mirroring is pulled.** The gateway asks with `MirrorProofRequest`s describing what its
+//!   mirror holds (signed length, nodes per block) and the agent answers with verifiable proofs
+//!   ([`mirror`]), so after any interruption — even one that left the mirror's signed tree ahead
+//!   of its blocks — the mirror resumes from its own state. `MirrorRangeRequest` is still
+//!   answered.
 //! - **Pending writes.** A `PendingWritePush` is accepted only on the link whose authenticated
 //!   remote is the pinned gateway (anything else is answered with an `Error` and ignored); it is
 //!   acked, then `WorkerCore`'s effects run against real storage ([`effects`]): the gateway
@@ -51,7 +56,8 @@ use crate::escrow::EscrowClient;
 
 pub use keys::RelayKeys;
 pub use mirror::{
-    MirrorWireError, answer_range, decode_mirror_response, decode_mirror_response_bytes,
+    MirrorWireError, answer_proof_request, answer_range, decode_mirror_response,
+    decode_mirror_response_bytes, proof_request,
 };
 pub use status::{CoreStatus, RelayStatus, RotationEntry, WorkerStatus};
 

@@ -10,14 +10,15 @@ use hypergate_adapters::peer_link::{
 use hypergate_core::ids::{PeerId, RelayKey};
 use hypergate_core::wire::{
     BoundedString, BoundedVec, Capability, CoreAdvert, CoreRole, ErrorCode, ErrorMessage,
-    EscrowRegistration, Frame, Heartbeat, Hello, Message, MirrorAdvertise, MirrorRangeRequest,
-    PeerRole, RegisterRelays, RelayMetadata, RelayRegistration,
+    EscrowRegistration, Frame, Heartbeat, Hello, Message, MirrorAdvertise, MirrorProofRequest,
+    MirrorRangeRequest, PeerRole, RegisterRelays, RelayLeaseEpoch, RelayMetadata,
+    RelayRegistration,
 };
 use hypergate_core::worker::{WorkerCore, WorkerEvent};
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
 use super::effects::{self, EffectContext};
-use super::mirror::answer_range;
+use super::mirror::{answer_proof_request, answer_range};
 use super::{Shared, WorkerAgentConfig};
 
 /// Id of frames this side sends unsolicited (below the link's own request ids).
@@ -102,13 +103,24 @@ async fn serve(
     inbound: &Inbound,
     backoff: &mut Backoff,
 ) -> bool {
-    if let Err(error) = introduce(config, shared, link).await {
-        tracing::warn!(%error, "introduction to the gateway failed");
-        return false;
-    }
+    let lease_epochs = match introduce(config, shared, link).await {
+        Ok(lease_epochs) => lease_epochs,
+        Err(error) => {
+            tracing::warn!(%error, "introduction to the gateway failed");
+            return false;
+        }
+    };
     // The link proved itself: the next outage starts from the initial delay again.
     backoff.reset();
-    core.handle_gateway_connected(Instant::now());
+    let now = Instant::now();
+    // Leases issued while this worker was away (no push reached it): the core rotates on
+    // `handle_gateway_connected` if one is newer than the last rotation.
+    for lease in lease_epochs {
+        if let Err(error) = core.handle_lease_observed(lease.relay_key, lease.epoch, now) {
+            tracing::debug!(relay = %lease.relay_key.short(), %error, "lease epoch of a relay not hosted here");
+        }
+    }
+    core.handle_gateway_connected(now);
     drive(config, shared, core, link).await;
     let mut tick = tokio::time::interval(config.advertise_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -142,11 +154,12 @@ async fn serve(
     }
 }
 
+/// Hello, registration and a first advertisement; returns the lease epochs the gateway acked.
 async fn introduce(
     config: &WorkerAgentConfig,
     shared: &Shared,
     link: &PeerLink,
-) -> Result<(), String> {
+) -> Result<Vec<RelayLeaseEpoch>, String> {
     let hello = Hello {
         peer_id: config.identity.peer_id(),
         role: PeerRole::Worker,
@@ -158,16 +171,18 @@ async fn introduce(
         .await
         .map_err(|e| e.to_string())?;
     let registration = registration(config, shared).await?;
-    match link.request(Message::RegisterRelays(registration)).await {
+    let lease_epochs = match link.request(Message::RegisterRelays(registration)).await {
         Ok(Message::RegisterAck(ack)) => {
             for rejected in ack.rejected.iter() {
                 tracing::warn!(relay = %rejected.relay_key.short(), reason = %rejected.reason.as_str(), "gateway rejected a relay");
             }
+            ack.lease_epochs.into_inner()
         }
         Ok(other) => return Err(format!("registration answered with {}", other.kind())),
         Err(error) => return Err(error.to_string()),
-    }
-    advertise(shared, link).await
+    };
+    advertise(shared, link).await?;
+    Ok(lease_epochs)
 }
 
 async fn registration(
@@ -284,7 +299,13 @@ async fn handle_frame(
                 "pushes are accepted from the pinned gateway only",
             )
         }
-        Message::MirrorRangeRequest(request) => answer_mirror(shared, &request).await,
+        Message::MirrorRangeRequest(request) => {
+            let core_key = *request.core_key();
+            answer_mirror(shared, core_key, MirrorAsk::Range(&request)).await
+        }
+        Message::MirrorProofRequest(request) => {
+            answer_mirror(shared, request.core_key, MirrorAsk::Proofs(&request)).await
+        }
         Message::Heartbeat(beat) => Message::HeartbeatAck(Heartbeat {
             seq: beat.seq,
             sent_at: effects::unix_now(),
@@ -304,8 +325,28 @@ fn error(code: ErrorCode, message: &str) -> Message {
     })
 }
 
-async fn answer_mirror(shared: &Shared, request: &MirrorRangeRequest) -> Message {
-    let core_key = *request.core_key();
+/// The two ways the gateway asks for blocks.
+enum MirrorAsk<'a> {
+    /// From where the copy's signed tree ends (kept for peers that still send it).
+    Range(&'a MirrorRangeRequest),
+    /// By what the copy holds: resumes from any state.
+    Proofs(&'a MirrorProofRequest),
+}
+
+impl MirrorAsk<'_> {
+    /// How far the asking mirror holds every block, for the status.
+    fn held(&self) -> u64 {
+        match self {
+            MirrorAsk::Range(request) => request.start(),
+            MirrorAsk::Proofs(request) => request
+                .blocks
+                .first()
+                .map_or(request.signed_length, |block| block.0),
+        }
+    }
+}
+
+async fn answer_mirror(shared: &Shared, core_key: [u8; 32], ask: MirrorAsk<'_>) -> Message {
     let mut relays = shared.relays.lock().await;
     for hosted in relays.values_mut() {
         let log = if hosted.logs.owner_log().public_key().to_bytes() == core_key {
@@ -315,13 +356,16 @@ async fn answer_mirror(shared: &Shared, request: &MirrorRangeRequest) -> Message
             hosted.logs.writer_log(&writer).await.ok()
         };
         let Some(log) = log else { continue };
-        return match answer_range(log, request).await {
+        let answer = match &ask {
+            MirrorAsk::Range(request) => answer_range(log, request).await,
+            MirrorAsk::Proofs(request) => answer_proof_request(log, request).await,
+        };
+        return match answer {
             Ok(response) => {
                 if let Ok(mut status) = shared.status.lock()
                     && let Some(entry) = status.cores.get_mut(&core_key)
                 {
-                    // The request's start is how far the mirror holds.
-                    entry.3 = entry.3.max(request.start());
+                    entry.3 = entry.3.max(ask.held());
                 }
                 Message::MirrorRangeResponse(response)
             }

@@ -1,7 +1,7 @@
 //! A minimal in-test gateway for the worker agent tests: real TCP, the real peer link
 //! (`accept`), the core `Gateway` for registration and health, a real `MirrorStore` that pulls
-//! advertised cores with `MirrorRangeRequest`s, and gateway writer logs it appends to under a
-//! leased key (answering the worker's range requests for them).
+//! advertised cores with `MirrorProofRequest`s, and gateway writer logs it appends to under a
+//! leased key (answering the worker's range and proof requests for them).
 
 // Test helpers: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
@@ -20,12 +20,13 @@ use hypergate_core::gateway::{Gateway, GatewayConfig};
 use hypergate_core::ids::{PeerId, RelayKey};
 use hypergate_core::time::UnixTime;
 use hypergate_core::wire::{
-    CoreAdvert, Frame, Message, MirrorRangeRequest, ResyncAck, ResyncComplete, ResyncStatus,
+    CoreAdvert, Frame, MAX_MIRROR_BLOCKS_PER_RANGE, Message, ResyncAck, ResyncComplete,
+    ResyncStatus,
 };
 use hypergate_core::worker::WorkerConfig;
 use hypergate_tokio::worker_agent::{
-    self, EscrowSettings, WorkerAgentConfig, WorkerAgentHandle, answer_range,
-    decode_mirror_response,
+    self, EscrowSettings, WorkerAgentConfig, WorkerAgentHandle, answer_proof_request, answer_range,
+    decode_mirror_response, proof_request,
 };
 use tokio::sync::Mutex;
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
@@ -56,6 +57,9 @@ pub(crate) struct GatewayState {
     pub(crate) writers: BTreeMap<[u8; 32], HyperLog>,
     pub(crate) resyncs: Vec<ResyncComplete>,
     pub(crate) pulling: BTreeSet<[u8; 32]>,
+    /// When set, a core is pulled only while the mirror holds fewer blocks than this (0: no
+    /// pulls): lets a test stop the mirror after one response, mid-backlog.
+    pub(crate) hold_at: Option<u64>,
 }
 
 pub(crate) struct TestGateway {
@@ -85,6 +89,7 @@ impl TestGateway {
             writers: BTreeMap::new(),
             resyncs: Vec::new(),
             pulling: BTreeSet::new(),
+            hold_at: None,
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -169,6 +174,16 @@ async fn serve_link(
                 };
                 let _ = link.send(Frame::new(id, answer)).await;
             }
+            Message::MirrorProofRequest(request) => {
+                let mut gateway = state.lock().await;
+                let answer = match gateway.writers.get_mut(&request.core_key) {
+                    Some(log) => Message::MirrorRangeResponse(
+                        answer_proof_request(log, &request).await.unwrap(),
+                    ),
+                    None => panic!("the worker asked for a core the gateway does not write"),
+                };
+                let _ = link.send(Frame::new(id, answer)).await;
+            }
             Message::ResyncComplete(done) => {
                 let mut gateway = state.lock().await;
                 gateway.resyncs.push(done.clone());
@@ -226,17 +241,27 @@ async fn pull(state: Arc<Mutex<GatewayState>>, link: PeerLink, core: CoreAdvert)
         }
     }
     loop {
-        let start = {
+        let (start, hold_at) = {
             let gateway = state.lock().await;
-            gateway.mirror.len(&key).unwrap()
+            (gateway.mirror.len(&key).unwrap(), gateway.hold_at)
         };
-        if start >= core.length {
+        if start >= core.length || hold_at.is_some_and(|hold| start >= hold) {
             break;
         }
-        let request =
-            MirrorRangeRequest::new(core.core_key, start, core.length.min(start + 1024)).unwrap();
+        // What the mirror holds (signed length, nodes per block), so the answer verifies even
+        // if an earlier batch was cut short.
+        let request = {
+            let mut gateway = state.lock().await;
+            let end = core.length.min(start + MAX_MIRROR_BLOCKS_PER_RANGE as u64);
+            let range = gateway
+                .mirror
+                .request_range(&key, start..end)
+                .await
+                .unwrap();
+            proof_request(core.core_key, range).unwrap()
+        };
         let Ok(Message::MirrorRangeResponse(response)) =
-            link.request(Message::MirrorRangeRequest(request)).await
+            link.request(Message::MirrorProofRequest(request)).await
         else {
             break; // the link ended: the next advertisement resumes
         };

@@ -282,6 +282,7 @@ fn cases() -> Vec<Case> {
             Message::RegisterAck(RegisterAck {
                 accepted: full_list(RelayKey(marked_key)),
                 rejected: BoundedVec::empty(),
+                lease_epochs: BoundedVec::empty(),
             }),
         ),
         Case::list(
@@ -294,6 +295,30 @@ fn cases() -> Vec<Case> {
                     relay_key: RelayKey(marked_key),
                     reason: empty(),
                 }),
+                lease_epochs: BoundedVec::empty(),
+            }),
+        ),
+        Case::list(
+            "register_ack.lease_epochs",
+            MAX_RELAYS_PER_REGISTRATION,
+            [marked_key.as_slice(), &[0]].concat(),
+            Message::RegisterAck(RegisterAck {
+                accepted: BoundedVec::empty(),
+                rejected: BoundedVec::empty(),
+                lease_epochs: full_list(RelayLeaseEpoch {
+                    relay_key: RelayKey(marked_key),
+                    epoch: 0,
+                }),
+            }),
+        ),
+        Case::list(
+            "mirror_proof_request.blocks",
+            MAX_MIRROR_BLOCKS_PER_RANGE,
+            vec![0, 0],
+            Message::MirrorProofRequest(MirrorProofRequest {
+                core_key: marked_key,
+                signed_length: 0,
+                blocks: full_list((0, 0)),
             }),
         ),
         Case::text(
@@ -305,6 +330,7 @@ fn cases() -> Vec<Case> {
                     relay_key: relay(),
                     reason: full_text(),
                 }),
+                lease_epochs: BoundedVec::empty(),
             }),
         ),
         Case::text(
@@ -477,6 +503,15 @@ fn every_message_but_a_mirror_response_fits_a_frame_with_all_fields_at_their_lim
             relay_key: relay(),
             reason: full_text(),
         }),
+        lease_epochs: full_list(RelayLeaseEpoch {
+            relay_key: relay(),
+            epoch: u64::MAX,
+        }),
+    });
+    let proof_request = Message::MirrorProofRequest(MirrorProofRequest {
+        core_key: [9; 32],
+        signed_length: u64::MAX,
+        blocks: full_list((u64::MAX, u64::MAX)),
     });
     let advertise = Message::MirrorAdvertise(MirrorAdvertise {
         cores: full_list(CoreAdvert {
@@ -493,7 +528,14 @@ fn every_message_but_a_mirror_response_fits_a_frame_with_all_fields_at_their_lim
         full_list(PendingType::HttpArtifact),
         Some(full_text()),
     );
-    for message in [registration, request, ack, advertise, pending] {
+    for message in [
+        registration,
+        request,
+        ack,
+        advertise,
+        pending,
+        proof_request,
+    ] {
         let kind = message.kind();
         assert!(
             encode(&Frame::new(u64::MAX, message)).is_ok(),

@@ -33,10 +33,10 @@ fn corpus_files() -> Vec<(String, Vec<u8>)> {
     trailing.push(0);
     let mut next_version = hello.clone();
     next_version[..2].copy_from_slice(&(PROTOCOL_VERSION + 1).to_be_bytes());
-    let mut too_many_cores = vec![0x00, 0x01, 0x00, 8];
+    let mut too_many_cores = vec![0x00, 0x02, 0x00, 8];
     too_many_cores.extend(varint(MAX_CORE_ADVERTS as u64 + 1));
     too_many_cores.extend(vec![0; 64]);
-    let mut reversed_range = vec![0x00, 0x01, 0x00, 9];
+    let mut reversed_range = vec![0x00, 0x02, 0x00, 9];
     reversed_range.extend([0x44; 32]);
     reversed_range.extend([5, 4]);
     let mut oversize_prefix = (MAX_FRAME_BYTES as u32 + 1).to_be_bytes().to_vec();
@@ -53,11 +53,11 @@ fn corpus_files() -> Vec<(String, Vec<u8>)> {
         ("invalid_unknown_version.bin".to_owned(), next_version),
         (
             "invalid_unknown_tag.bin".to_owned(),
-            vec![0x00, 0x01, 0x00, 16, 0, 0],
+            vec![0x00, 0x02, 0x00, 17, 0, 0],
         ),
         (
             "invalid_bad_utf8.bin".to_owned(),
-            vec![0x00, 0x01, 0x00, 14, 4, 2, 0xff, 0xfe],
+            vec![0x00, 0x02, 0x00, 14, 4, 2, 0xff, 0xfe],
         ),
         ("invalid_too_many_cores.bin".to_owned(), too_many_cores),
         ("invalid_reversed_range.bin".to_owned(), reversed_range),

@@ -63,6 +63,10 @@ pub(super) fn sample_frames() -> Vec<Frame> {
                 relay_key: RelayKey([0x55; 32]),
                 reason: text("not-owner"),
             }]),
+            lease_epochs: list(vec![RelayLeaseEpoch {
+                relay_key: relay(),
+                epoch: 3,
+            }]),
         }),
         Message::Heartbeat(Heartbeat {
             seq: 42,
@@ -155,6 +159,11 @@ pub(super) fn sample_frames() -> Vec<Frame> {
             resynced_through: UnixTime(1_700_000_300_000),
             status: ResyncStatus::Cleared,
         }),
+        Message::MirrorProofRequest(MirrorProofRequest {
+            core_key: owner_core,
+            signed_length: 120,
+            blocks: list(vec![(100, 2), (101, 0), (102, 1)]),
+        }),
     ];
     messages
         .into_iter()
@@ -164,7 +173,7 @@ pub(super) fn sample_frames() -> Vec<Frame> {
 }
 
 /// Wire tags in order; the index of a kind is its postcard variant tag.
-const KINDS_IN_TAG_ORDER: [&str; 16] = [
+const KINDS_IN_TAG_ORDER: [&str; 17] = [
     "hello",
     "register_relays",
     "register_ack",
@@ -181,6 +190,7 @@ const KINDS_IN_TAG_ORDER: [&str; 16] = [
     "resync_complete",
     "error",
     "resync_ack",
+    "mirror_proof_request",
 ];
 
 // --- codec -----------------------------------------------------------------------------------
@@ -212,10 +222,10 @@ fn heartbeat_ack_encoding_is_pinned() {
             sent_at: UnixTime(1),
         }),
     );
-    // version 1 (BE u16) | request id 7 | tag 4 | seq 300 as varint | sent_at 1
+    // version 2 (BE u16) | request id 7 | tag 4 | seq 300 as varint | sent_at 1
     assert_eq!(
         encode(&frame).unwrap(),
-        [0x00, 0x01, 0x07, 0x04, 0xac, 0x02, 0x01]
+        [0x00, 0x02, 0x07, 0x04, 0xac, 0x02, 0x01]
     );
 }
 
@@ -257,16 +267,20 @@ fn input_over_the_frame_limit_is_rejected_before_parsing() {
 
 #[test]
 fn unknown_version_is_rejected_before_the_body_is_parsed() {
-    // A valid version-1 body behind version 2 is still refused, and so is garbage behind it.
-    let mut bytes = encode(&sample_frames()[3]).unwrap();
-    bytes[..2].copy_from_slice(&2u16.to_be_bytes());
-    let expected = Err(WireError::UnsupportedVersion {
-        got: 2,
-        supported: PROTOCOL_VERSION,
-    });
-    assert_eq!(decode(&bytes), expected);
-    assert_eq!(decode(&[0x00, 0x02, 0xff, 0xff]), expected);
-    assert_eq!(decode(&[0x00, 0x02]), expected);
+    // A valid body behind the next version (or the previous one) is still refused, and so is
+    // garbage behind it.
+    for other in [PROTOCOL_VERSION + 1, PROTOCOL_VERSION - 1] {
+        let mut bytes = encode(&sample_frames()[3]).unwrap();
+        bytes[..2].copy_from_slice(&other.to_be_bytes());
+        let expected = Err(WireError::UnsupportedVersion {
+            got: other,
+            supported: PROTOCOL_VERSION,
+        });
+        assert_eq!(decode(&bytes), expected);
+        let [high, low] = other.to_be_bytes();
+        assert_eq!(decode(&[high, low, 0xff, 0xff]), expected);
+        assert_eq!(decode(&[high, low]), expected);
+    }
 }
 
 #[test]
@@ -278,14 +292,14 @@ fn trailing_bytes_after_a_frame_are_rejected() {
 
 #[test]
 fn unknown_message_tag_is_malformed() {
-    let bytes = [0x00, 0x01, 0x00, 16, 0, 0];
+    let bytes = [0x00, 0x02, 0x00, 17, 0, 0];
     assert!(matches!(decode(&bytes), Err(WireError::Malformed(_))));
 }
 
 #[test]
 fn invalid_utf8_in_a_string_is_malformed() {
     // Error message: tag 14, code Internal (4), message of 2 bytes that are not UTF-8.
-    let bytes = [0x00, 0x01, 0x00, 14, 4, 2, 0xff, 0xfe];
+    let bytes = [0x00, 0x02, 0x00, 14, 4, 2, 0xff, 0xfe];
     assert_eq!(
         decode(&bytes),
         Err(WireError::Malformed(postcard::Error::DeserializeBadUtf8))
@@ -294,7 +308,7 @@ fn invalid_utf8_in_a_string_is_malformed() {
 
 fn range_request_bytes(start: u64, end: u64) -> Vec<u8> {
     // version | request id 0 | tag 9 | core key | start | end
-    let mut bytes = vec![0x00, 0x01, 0x00, 9];
+    let mut bytes = vec![0x00, 0x02, 0x00, 9];
     bytes.extend([0x44; 32]);
     bytes.extend(varint(start));
     bytes.extend(varint(end));
@@ -332,7 +346,7 @@ fn bad_mirror_range_is_rejected_at_decode() {
 fn over_long_list_is_rejected_from_its_declared_length_before_elements_are_read() {
     // MirrorAdvertise declaring 4097 cores, followed by 4097 bytes that are no cores at all: the
     // declared length alone is refused (a malformed-element error would mean we started reading).
-    let mut bytes = vec![0x00, 0x01, 0x00, 8];
+    let mut bytes = vec![0x00, 0x02, 0x00, 8];
     bytes.extend(varint(MAX_CORE_ADVERTS as u64 + 1));
     bytes.extend(vec![0xff; MAX_CORE_ADVERTS + 1]);
     assert_eq!(
@@ -347,12 +361,12 @@ fn over_long_list_is_rejected_from_its_declared_length_before_elements_are_read(
 
 #[test]
 fn a_bound_violation_is_not_reported_for_a_later_unrelated_decode() {
-    let mut bytes = vec![0x00, 0x01, 0x00, 14, 4];
+    let mut bytes = vec![0x00, 0x02, 0x00, 14, 4];
     bytes.extend(varint(MAX_ERROR_MESSAGE_BYTES as u64 + 1));
     bytes.extend(vec![b'x'; MAX_ERROR_MESSAGE_BYTES + 1]);
     assert!(matches!(decode(&bytes), Err(WireError::TooLong { .. })));
     assert!(matches!(
-        decode(&[0x00, 0x01, 0x00, 15]),
+        decode(&[0x00, 0x02, 0x00, 15]),
         Err(WireError::Malformed(_))
     ));
 }

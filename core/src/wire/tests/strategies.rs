@@ -116,8 +116,15 @@ fn relay_registration() -> impl Strategy<Value = RelayRegistration> {
 fn register_ack() -> impl Strategy<Value = RegisterAck> {
     let rejected =
         (relay_key(), text()).prop_map(|(relay_key, reason)| RejectedRelay { relay_key, reason });
-    (list(relay_key()), list(rejected))
-        .prop_map(|(accepted, rejected)| RegisterAck { accepted, rejected })
+    let lease = (relay_key(), any::<u64>())
+        .prop_map(|(relay_key, epoch)| RelayLeaseEpoch { relay_key, epoch });
+    (list(relay_key()), list(rejected), list(lease)).prop_map(
+        |(accepted, rejected, lease_epochs)| RegisterAck {
+            accepted,
+            rejected,
+            lease_epochs,
+        },
+    )
 }
 
 fn heartbeat() -> impl Strategy<Value = Heartbeat> {
@@ -254,6 +261,19 @@ fn resync_complete() -> impl Strategy<Value = ResyncComplete> {
     )
 }
 
+fn mirror_proof_request() -> impl Strategy<Value = MirrorProofRequest> {
+    (
+        any::<[u8; 32]>(),
+        any::<u64>(),
+        list((any::<u64>(), any::<u64>())),
+    )
+        .prop_map(|(core_key, signed_length, blocks)| MirrorProofRequest {
+            core_key,
+            signed_length,
+            blocks,
+        })
+}
+
 fn resync_ack() -> impl Strategy<Value = ResyncAck> {
     (relay_key(), time(), select(ResyncStatus::ALL)).prop_map(
         |(relay_key, resynced_through, status)| ResyncAck {
@@ -288,6 +308,7 @@ pub(super) fn message() -> impl Strategy<Value = Message> {
         resync_complete().prop_map(Message::ResyncComplete),
         error_message().prop_map(Message::Error),
         resync_ack().prop_map(Message::ResyncAck),
+        mirror_proof_request().prop_map(Message::MirrorProofRequest),
     ]
 }
 
