@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// hypergate: the always-on public gateway for Hypertuna-style Nostr relays.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
