@@ -172,15 +172,19 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", options.listen))?;
     let address = listener.local_addr()?;
-    println!(
+    announce(format_args!(
         "hypergate worker {} listening on {address}",
         identity.peer_id()
-    );
+    ));
     for relay in served.keys() {
-        println!("relay {relay}: {}", relay_url(address, relay));
+        announce(format_args!("relay {relay}: {}", relay_url(address, relay)));
     }
     if let Some(gateway) = &options.gateway {
-        println!("gateway {} ({})", gateway.addr, gateway.key.short());
+        announce(format_args!(
+            "gateway {} ({})",
+            gateway.addr,
+            gateway.key.short()
+        ));
     }
     let status = match &agent {
         Some(agent) => server::StatusSource::Agent(agent.clone()),
@@ -325,4 +329,11 @@ async fn shutdown_signal() {
             let _ = interrupt.await;
         }
     }
+}
+
+/// Prints a start-up line for scripts and operators. A server must keep serving
+/// when whoever started it closed its stdout, so a failed write is ignored.
+fn announce(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
