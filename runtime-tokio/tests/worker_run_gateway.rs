@@ -176,9 +176,8 @@ async fn worker_run_with_a_gateway_registers_mirrors_local_publishes_and_reports
         "the locally published event never reached the gateway's mirror"
     );
 
-    // `worker status --json` shows the link, the relay and its cores at their local lengths.
-    // (`mirrored` is what the gateway's last range request showed, so it may trail: not
-    // asserted.)
+    // `worker status --json` shows the link, the relay and its cores at their local lengths,
+    // and the writer core fully mirrored (the mirror already holds its block 0).
     let url = format!("http://{}", worker.addr);
     let writer_hex = hex::encode(writer);
     let mut last = Value::Null;
@@ -195,6 +194,7 @@ async fn worker_run_with_a_gateway_registers_mirrors_local_publishes_and_reports
                     core["coreKey"] == writer_hex.as_str()
                         && core["role"] == "writer"
                         && core["length"] == 1
+                        && core["lagBlocks"] == 0
                 })
                 && relays[0]["cores"].as_array().unwrap().iter().any(|core| {
                     core["role"] == "owner" && core["coreKey"] == relay.to_hex().as_str()

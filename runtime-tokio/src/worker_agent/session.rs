@@ -362,10 +362,13 @@ async fn answer_mirror(shared: &Shared, core_key: [u8; 32], ask: MirrorAsk<'_>) 
         };
         return match answer {
             Ok(response) => {
+                // What the mirror holds once it applies this answer: where it asked
+                // from, plus the blocks sent (so the lag reaches 0 once caught up).
+                let sent_through = response.start.saturating_add(response.blocks.len() as u64);
                 if let Ok(mut status) = shared.status.lock()
                     && let Some(entry) = status.cores.get_mut(&core_key)
                 {
-                    entry.3 = entry.3.max(ask.held());
+                    entry.3 = entry.3.max(ask.held()).max(sent_through);
                 }
                 Message::MirrorRangeResponse(response)
             }
