@@ -21,28 +21,30 @@
 //! use hypergate_core::ids::PeerId;
 //! use hypergate_core::time::UnixTime;
 //!
-//! # #[allow(clippy::disallowed_methods)]
-//! let start = Instant::now(); // the adapter's clock, read outside the core
-//! let mut gateway = Gateway::new(GatewayConfig::default(), start, UnixTime(1_700_000_000_000));
-//! let worker = PeerId([1; 32]);
-//! gateway.handle_link_up(worker, start);
+//! // The adapter reads its clock and passes `start` in; the core never reads one.
+//! // Run with a real clock in `tests/tests/drive_loops.rs`.
+//! fn drive(start: Instant) {
+//!     let mut gateway = Gateway::new(GatewayConfig::default(), start, UnixTime(1_700_000_000_000));
+//!     let worker = PeerId([1; 32]);
+//!     gateway.handle_link_up(worker, start);
 //!
-//! // The drive loop: after each input, drain everything, then arm one timer.
-//! let mut now = start;
-//! for _ in 0..3 {
-//!     while let Some(transmit) = gateway.poll_transmit() {
-//!         let _ = (transmit.peer, transmit.frame); // write to the peer link
-//!     }
-//!     while let Some(event) = gateway.poll_event() {
-//!         if let GatewayEvent::Health(change) = event {
-//!             let _ = change; // export metrics, log
+//!     // The drive loop: after each input, drain everything, then arm one timer.
+//!     let mut now = start;
+//!     for _ in 0..3 {
+//!         while let Some(transmit) = gateway.poll_transmit() {
+//!             let _ = (transmit.peer, transmit.frame); // write to the peer link
 //!         }
+//!         while let Some(event) = gateway.poll_event() {
+//!             if let GatewayEvent::Health(change) = event {
+//!                 let _ = change; // export metrics, log
+//!             }
+//!         }
+//!         let Some((deadline, _reason)) = gateway.poll_timeout() else { break };
+//!         now = deadline; // a real adapter sleeps until `deadline`
+//!         gateway.handle_timeout(now);
 //!     }
-//!     let Some((deadline, _reason)) = gateway.poll_timeout() else { break };
-//!     now = deadline; // a real adapter sleeps until `deadline`
-//!     gateway.handle_timeout(now);
+//!     assert!(now >= start + Duration::from_secs(5), "the worker sent no heartbeat");
 //! }
-//! assert!(now >= start + Duration::from_secs(5), "the worker sent no heartbeat");
 //! ```
 
 use std::collections::VecDeque;

@@ -48,29 +48,31 @@
 //! use hypergate_core::push::{PendingNotice, PushConfig, PushScheduler};
 //! use hypergate_core::time::UnixTime;
 //!
-//! # #[allow(clippy::disallowed_methods)]
-//! let start = Instant::now(); // the adapter's clock, read outside the core
-//! let mut pushes = PushScheduler::new(PushConfig::default(), 7);
-//! let relay = RelayKey([1; 32]);
-//! let notice = PendingNotice::new(relay, "replica-write", UnixTime(1_700_000_000_000));
-//! let _ = pushes.notify_pending(notice, true, start);
+//! // The adapter reads its clock and passes `start` in; the core never reads one.
+//! // Run with a real clock in `tests/tests/drive_loops.rs`.
+//! fn drive(start: Instant) {
+//!     let mut pushes = PushScheduler::new(PushConfig::default(), 7);
+//!     let relay = RelayKey([1; 32]);
+//!     let notice = PendingNotice::new(relay, "replica-write", UnixTime(1_700_000_000_000));
+//!     let _ = pushes.notify_pending(notice, true, start);
 //!
-//! let mut now = start;
-//! let mut sent = 0;
-//! for _ in 0..3 {
-//!     while let Some(push) = pushes.poll_push() {
-//!         let _ = (push.relay, push.message); // send to every reachable worker
-//!         sent += 1;
+//!     let mut now = start;
+//!     let mut sent = 0;
+//!     for _ in 0..3 {
+//!         while let Some(push) = pushes.poll_push() {
+//!             let _ = (push.relay, push.message); // send to every reachable worker
+//!             sent += 1;
+//!         }
+//!         while let Some(event) = pushes.poll_event() {
+//!             let _ = event; // metrics, logs
+//!         }
+//!         let Some((deadline, _reason)) = pushes.poll_timeout() else { break };
+//!         now = deadline; // a real adapter sleeps until `deadline`
+//!         pushes.handle_timeout(now);
 //!     }
-//!     while let Some(event) = pushes.poll_event() {
-//!         let _ = event; // metrics, logs
-//!     }
-//!     let Some((deadline, _reason)) = pushes.poll_timeout() else { break };
-//!     now = deadline; // a real adapter sleeps until `deadline`
-//!     pushes.handle_timeout(now);
+//!     assert_eq!(sent, 3, "the first push and two unacknowledged retries");
+//!     assert!(now >= start + Duration::from_secs(24), "first retry after 30 s ± 20 %");
 //! }
-//! assert_eq!(sent, 3, "the first push and two unacknowledged retries");
-//! assert!(now >= start + Duration::from_secs(24), "first retry after 30 s ± 20 %");
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};

@@ -58,50 +58,52 @@
 //! };
 //! use hypergate_core::worker::{EffectKind, EffectOutput, WorkerConfig, WorkerCore};
 //!
-//! # #[allow(clippy::disallowed_methods)]
-//! let now = Instant::now(); // the adapter's clock, read outside the core
-//! let relay = RelayKey([7; 32]);
-//! let gateway = PeerId([1; 32]);
-//! let mut worker = WorkerCore::new(WorkerConfig::default(), PeerId([2; 32]), 42);
-//! worker.register_relay(relay, [3; 32], Some("escrow-1".into()));
+//! // The adapter reads its clock and passes `now` in; the core never reads one.
+//! // Run with a real clock in `tests/tests/drive_loops.rs`.
+//! fn drive(now: Instant) {
+//!     let relay = RelayKey([7; 32]);
+//!     let gateway = PeerId([1; 32]);
+//!     let mut worker = WorkerCore::new(WorkerConfig::default(), PeerId([2; 32]), 42);
+//!     worker.register_relay(relay, [3; 32], Some("escrow-1".into()));
 //!
-//! let push = PendingWritePush {
-//!     push_id: 1,
-//!     relay_key: relay,
-//!     state: PendingState::Pending,
-//!     reason: BoundedString::truncating("replica-write"),
-//!     types: BoundedVec::new(vec![PendingType::Event]).unwrap(),
-//!     drive_identifier: None,
-//!     drive_version: None,
-//!     pending_since: UnixTime(1_000),
-//!     updated_at: UnixTime(1_000),
-//!     lease_version: Some(1),
-//!     lease_active: false,
-//!     cleared_at: None,
-//! };
-//! let ack = worker.handle_push(gateway, &push, now);
-//! assert_eq!(ack.status, AckStatus::Accepted); // send the ack back to the gateway
-//!
-//! // The drive loop: perform each effect, report its result, drain events, arm the timer.
-//! while let Some(effect) = worker.poll_effect() {
-//!     let output = match &effect.kind {
-//!         EffectKind::IngestGatewayEvents { .. } => {
-//!             EffectOutput::Ingested { gateway_writer_length: 12 }
-//!         }
-//!         EffectKind::GenerateWriterKey => EffectOutput::WriterKey { public: [4; 32] },
-//!         EffectKind::DepositWriterKey { .. } => {
-//!             EffectOutput::Deposited { escrow_id: "escrow-2".into() }
-//!         }
-//!         _ => EffectOutput::Done, // resync-complete sent, owner ops appended, deposit revoked
+//!     let push = PendingWritePush {
+//!         push_id: 1,
+//!         relay_key: relay,
+//!         state: PendingState::Pending,
+//!         reason: BoundedString::truncating("replica-write"),
+//!         types: BoundedVec::new(vec![PendingType::Event]).unwrap(),
+//!         drive_identifier: None,
+//!         drive_version: None,
+//!         pending_since: UnixTime(1_000),
+//!         updated_at: UnixTime(1_000),
+//!         lease_version: Some(1),
+//!         lease_active: false,
+//!         cleared_at: None,
 //!     };
-//!     worker.handle_effect_result(effect.id, Ok(output), now).unwrap();
-//!     while let Some(event) = worker.poll_event() {
-//!         let _ = event; // log, export metrics, persist rotation records
+//!     let ack = worker.handle_push(gateway, &push, now);
+//!     assert_eq!(ack.status, AckStatus::Accepted); // send the ack back to the gateway
+//!
+//!     // The drive loop: perform each effect, report its result, drain events, arm the timer.
+//!     while let Some(effect) = worker.poll_effect() {
+//!         let output = match &effect.kind {
+//!             EffectKind::IngestGatewayEvents { .. } => {
+//!                 EffectOutput::Ingested { gateway_writer_length: 12 }
+//!             }
+//!             EffectKind::GenerateWriterKey => EffectOutput::WriterKey { public: [4; 32] },
+//!             EffectKind::DepositWriterKey { .. } => {
+//!                 EffectOutput::Deposited { escrow_id: "escrow-2".into() }
+//!             }
+//!             _ => EffectOutput::Done, // resync-complete sent, owner ops appended, deposit revoked
+//!         };
+//!         worker.handle_effect_result(effect.id, Ok(output), now).unwrap();
+//!         while let Some(event) = worker.poll_event() {
+//!             let _ = event; // log, export metrics, persist rotation records
+//!         }
 //!     }
+//!     assert_eq!(worker.current_writer(&relay), Some([4; 32]));
+//!     assert_eq!(worker.current_escrow_id(&relay), Some("escrow-2"));
+//!     assert!(worker.poll_timeout().is_none());
 //! }
-//! assert_eq!(worker.current_writer(&relay), Some([4; 32]));
-//! assert_eq!(worker.current_escrow_id(&relay), Some("escrow-2"));
-//! assert!(worker.poll_timeout().is_none());
 //! ```
 
 mod effect;

@@ -39,56 +39,58 @@
 //! use hypergate_core::lease::LeaseConfig;
 //! use hypergate_core::time::UnixTime;
 //!
-//! # #[allow(clippy::disallowed_methods)]
-//! let start = Instant::now(); // the adapter's clock, read outside the core
-//! let unix = UnixTime(1_700_000_000_000);
-//! let policy = PolicyConfig::default();
-//! let mut escrow = Escrow::new(policy.clone(), LeaseConfig::default(), start, unix);
-//! let (relay, worker, gateway) = (RelayKey([1; 32]), PeerId([2; 32]), PeerId([3; 32]));
+//! // The adapter reads its clock and passes `start` in; the core never reads one.
+//! // Run with a real clock in `tests/tests/drive_loops.rs`.
+//! fn drive(start: Instant) -> Result<(), Box<dyn std::error::Error>> {
+//!     let unix = UnixTime(1_700_000_000_000);
+//!     let policy = PolicyConfig::default();
+//!     let mut escrow = Escrow::new(policy.clone(), LeaseConfig::default(), start, unix);
+//!     let (relay, worker, gateway) = (RelayKey([1; 32]), PeerId([2; 32]), PeerId([3; 32]));
 //!
-//! // POST /escrow, after the adapter checked the sealed package.
-//! escrow.handle_deposit(DepositInput {
-//!     escrow_id: "escrow_1".into(),
-//!     relay_key: relay,
-//!     owner: worker,
-//!     permitted_requesters: BTreeSet::from([gateway]),
-//!     requested_expires_at: None,
-//!     policy_version: policy.version.clone(),
-//! }, start)?;
-//! let mut audit_log = Vec::new();
-//! while let Some(event) = escrow.poll_event() {
-//!     if let EscrowEvent::Audit(record) = event {
-//!         audit_log.push(serde_json::to_string(&record)?); // append before answering
-//!     }
-//! }
-//!
-//! // POST /escrow/unlock: plan, append the audit record, then commit.
-//! let now = start + Duration::from_secs(60);
-//! let evidence = Evidence {
-//!     escrow_enabled: Some(true),
-//!     healthy_peer_count: Some(0),
-//!     last_healthy_at: Some(UnixTime(unix.0 - 10_000)),
-//!     mirror_lag_blocks: Some(0),
-//!     mirror_lag_ms: Some(0),
-//!     mirror_last_synced_at: Some(UnixTime(unix.0 + 59_000)),
-//! };
-//! let request = UnlockRequest { relay_key: relay, requester: gateway, evidence: Some(evidence) };
-//! let plan = escrow.plan_unlock(&request, now)?;
-//! audit_log.push(serde_json::to_string(plan.audit())?); // if this fails: refuse, do not commit
-//! let UnlockOutcome::Issued(grant) = escrow.commit_unlock(plan, now)? else { unreachable!() };
-//! assert_eq!(grant.expires_at, now + policy.lease_ttl);
-//!
-//! // Sleep until the one deadline, then feed it back.
-//! while let Some((deadline, _reason)) = escrow.poll_timeout() {
-//!     escrow.handle_timeout(deadline);
+//!     // POST /escrow, after the adapter checked the sealed package.
+//!     escrow.handle_deposit(DepositInput {
+//!         escrow_id: "escrow_1".into(),
+//!         relay_key: relay,
+//!         owner: worker,
+//!         permitted_requesters: BTreeSet::from([gateway]),
+//!         requested_expires_at: None,
+//!         policy_version: policy.version.clone(),
+//!     }, start)?;
+//!     let mut audit_log = Vec::new();
 //!     while let Some(event) = escrow.poll_event() {
 //!         if let EscrowEvent::Audit(record) = event {
-//!             audit_log.push(serde_json::to_string(&record)?);
+//!             audit_log.push(serde_json::to_string(&record)?); // append before answering
 //!         }
 //!     }
+//!
+//!     // POST /escrow/unlock: plan, append the audit record, then commit.
+//!     let now = start + Duration::from_secs(60);
+//!     let evidence = Evidence {
+//!         escrow_enabled: Some(true),
+//!         healthy_peer_count: Some(0),
+//!         last_healthy_at: Some(UnixTime(unix.0 - 10_000)),
+//!         mirror_lag_blocks: Some(0),
+//!         mirror_lag_ms: Some(0),
+//!         mirror_last_synced_at: Some(UnixTime(unix.0 + 59_000)),
+//!     };
+//!     let request = UnlockRequest { relay_key: relay, requester: gateway, evidence: Some(evidence) };
+//!     let plan = escrow.plan_unlock(&request, now)?;
+//!     audit_log.push(serde_json::to_string(plan.audit())?); // if this fails: refuse, do not commit
+//!     let UnlockOutcome::Issued(grant) = escrow.commit_unlock(plan, now)? else { unreachable!() };
+//!     assert_eq!(grant.expires_at, now + policy.lease_ttl);
+//!
+//!     // Sleep until the one deadline, then feed it back.
+//!     while let Some((deadline, _reason)) = escrow.poll_timeout() {
+//!         escrow.handle_timeout(deadline);
+//!         while let Some(event) = escrow.poll_event() {
+//!             if let EscrowEvent::Audit(record) = event {
+//!                 audit_log.push(serde_json::to_string(&record)?);
+//!             }
+//!         }
+//!     }
+//!     assert!(audit_log.last().unwrap().contains("\"type\":\"lease-expired\""));
+//!     Ok(())
 //! }
-//! assert!(audit_log.last().unwrap().contains("\"type\":\"lease-expired\""));
-//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use std::fmt::Display;

@@ -41,32 +41,34 @@
 //!
 //! ```
 //! use std::time::Instant;
-//! use hypergate_core::nostr::{RelayMessage, SignatureVerifier};
+//! use hypergate_core::nostr::SignatureVerifier;
 //! use hypergate_core::session::{Effect, PublishOutcome, Session, SessionConfig};
 //!
-//! # #[allow(clippy::disallowed_methods)]
-//! let now = Instant::now(); // the adapter's clock, read outside the core
-//! let mut session = Session::new(SessionConfig::default(), SignatureVerifier::new());
-//! session.handle_client_text(r#"["REQ","feed",{"kinds":[1]}]"#, now);
-//! while let Some(effect) = session.poll_effect() {
-//!     match effect {
-//!         Effect::Query { query, .. } => {
-//!             // Look the filters up in the relay's index; here the relay is empty.
-//!             session.handle_query_result(query, Vec::new()).unwrap();
-//!         }
-//!         Effect::Publish { event } => {
-//!             session.handle_publish_result(event.id, PublishOutcome::Accepted).unwrap();
-//!         }
-//!         Effect::Subscribe { .. } | Effect::Unsubscribe { .. } => {
-//!             // Register with, or leave, the relay's live feed.
+//! // The adapter reads its clock and passes `now` in; the core never reads one.
+//! // Run with a real clock in `tests/tests/drive_loops.rs`.
+//! fn drive(now: Instant) {
+//!     let mut session = Session::new(SessionConfig::default(), SignatureVerifier::new());
+//!     session.handle_client_text(r#"["REQ","feed",{"kinds":[1]}]"#, now);
+//!     while let Some(effect) = session.poll_effect() {
+//!         match effect {
+//!             Effect::Query { query, .. } => {
+//!                 // Look the filters up in the relay's index; here the relay is empty.
+//!                 session.handle_query_result(query, Vec::new()).unwrap();
+//!             }
+//!             Effect::Publish { event } => {
+//!                 session.handle_publish_result(event.id, PublishOutcome::Accepted).unwrap();
+//!             }
+//!             Effect::Subscribe { .. } | Effect::Unsubscribe { .. } => {
+//!                 // Register with, or leave, the relay's live feed.
+//!             }
 //!         }
 //!     }
+//!     let mut sent = Vec::new();
+//!     while let Some(frame) = session.poll_transmit() {
+//!         sent.push(frame.to_json());
+//!     }
+//!     assert_eq!(sent, vec![r#"["EOSE","feed"]"#.to_owned()]);
 //! }
-//! let mut sent = Vec::new();
-//! while let Some(frame) = session.poll_transmit() {
-//!     sent.push(frame.to_json());
-//! }
-//! assert_eq!(sent, vec![r#"["EOSE","feed"]"#.to_owned()]);
 //! ```
 //!
 //! ## Map

@@ -5,8 +5,7 @@ use crate::nostr::testing::signed_event;
 use crate::nostr::{Event, Tag};
 
 fn now() -> Instant {
-    #[allow(clippy::disallowed_methods)] // Tests need some instant; the machine only stores it.
-    Instant::now()
+    crate::time::test_start()
 }
 
 fn session() -> Session {
