@@ -48,6 +48,43 @@ impl fmt::Display for LeaseId {
     }
 }
 
+/// Text that is not a lease id (`lease-<relay hex>-<epoch>`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("lease id {0:?} is not lease-<relay hex>-<epoch>")]
+pub struct LeaseIdParseError(pub String);
+
+impl std::str::FromStr for LeaseId {
+    type Err = LeaseIdParseError;
+
+    /// Parses `lease-<relay hex>-<epoch>` as [`LeaseId`]'s `Display` writes it; other
+    /// spellings of the same numbers (upper-case hex, `+5`, `05`) are accepted too — see
+    /// [`LeaseId::parse_canonical`] for the strict form.
+    fn from_str(text: &str) -> Result<LeaseId, LeaseIdParseError> {
+        let malformed = || LeaseIdParseError(text.to_owned());
+        let (relay, epoch) = text
+            .strip_prefix("lease-")
+            .and_then(|rest| rest.split_once('-'))
+            .ok_or_else(malformed)?;
+        Ok(LeaseId {
+            relay: relay.parse().map_err(|_| malformed())?,
+            epoch: epoch.parse().map_err(|_| malformed())?,
+        })
+    }
+}
+
+impl LeaseId {
+    /// Parses only the one spelling `Display` writes, so each lease has exactly one
+    /// id string (what stores and request bodies require).
+    pub fn parse_canonical(text: &str) -> Result<LeaseId, LeaseIdParseError> {
+        let id: LeaseId = text.parse()?;
+        if id.to_string() == text {
+            Ok(id)
+        } else {
+            Err(LeaseIdParseError(text.to_owned()))
+        }
+    }
+}
+
 /// Lease tuning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseConfig {

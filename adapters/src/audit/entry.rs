@@ -249,22 +249,8 @@ mod lease_id_text {
         deserializer: D,
     ) -> Result<Option<LeaseId>, D::Error> {
         Option::<String>::deserialize(deserializer)?
-            .map(|text| {
-                parse(&text).ok_or_else(|| {
-                    serde::de::Error::custom(format!(
-                        "lease id {text:?} is not lease-<relay hex>-<epoch>"
-                    ))
-                })
-            })
+            .map(|text| text.parse::<LeaseId>().map_err(serde::de::Error::custom))
             .transpose()
-    }
-
-    fn parse(text: &str) -> Option<LeaseId> {
-        let (relay, epoch) = text.strip_prefix("lease-")?.split_once('-')?;
-        Some(LeaseId {
-            relay: relay.parse().ok()?,
-            epoch: epoch.parse().ok()?,
-        })
     }
 }
 

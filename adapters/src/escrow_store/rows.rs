@@ -133,19 +133,8 @@ pub fn lease_id_text(id: LeaseId) -> String {
 
 /// Parses [`lease_id_text`]; anything but that exact form is an error.
 pub fn parse_lease_id(text: &str) -> Result<LeaseId, EscrowStoreError> {
-    let malformed = || EscrowStoreError::InvalidInput(format!("{text:?} is not a lease id"));
-    let (relay, epoch) = text
-        .strip_prefix("lease-")
-        .and_then(|rest| rest.split_once('-'))
-        .ok_or_else(malformed)?;
-    let relay: RelayKey = relay.parse().map_err(|_| malformed())?;
-    let epoch: u64 = epoch.parse().map_err(|_| malformed())?;
-    let id = LeaseId { relay, epoch };
-    // One spelling per lease: no `+5`, `05` or upper-case hex.
-    if lease_id_text(id) != text {
-        return Err(malformed());
-    }
-    Ok(id)
+    LeaseId::parse_canonical(text)
+        .map_err(|_| EscrowStoreError::InvalidInput(format!("{text:?} is not a lease id")))
 }
 
 // ---- checks shared by both backends ----

@@ -450,21 +450,10 @@ fn base64_32(text: &str, field: &'static str) -> Result<[u8; 32], RequestError> 
 }
 
 fn lease_id(text: &str) -> Result<LeaseId, RequestError> {
-    let malformed = || RequestError::OutOfBounds {
+    LeaseId::parse_canonical(text).map_err(|_| RequestError::OutOfBounds {
         field: "leaseId",
         detail: "must be lease-<relay hex>-<epoch>".into(),
-    };
-    let (relay, epoch) = text
-        .strip_prefix("lease-")
-        .and_then(|rest| rest.split_once('-'))
-        .ok_or_else(malformed)?;
-    let relay = RelayKey(key(relay, "leaseId").map_err(|_| malformed())?);
-    let epoch: u64 = epoch.parse().map_err(|_| malformed())?;
-    let id = LeaseId { relay, epoch };
-    if id.to_string() != text {
-        return Err(malformed());
-    }
-    Ok(id)
+    })
 }
 
 fn envelope(value: &Value) -> Result<SealedEnvelope, RequestError> {

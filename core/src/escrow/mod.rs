@@ -96,7 +96,7 @@
 use std::fmt::Display;
 use std::str::FromStr;
 
-use crate::ids::{KeyParseError, RelayKey};
+use crate::ids::RelayKey;
 use crate::lease::{LeaseError, LeaseId};
 
 mod audit;
@@ -292,16 +292,7 @@ mod text {
     }
 
     pub(in crate::escrow) fn parse_lease_id(text: &str) -> Result<LeaseId, String> {
-        let malformed = || format!("lease id {text:?} is not lease-<relay hex>-<epoch>");
-        let (relay, epoch) = text
-            .strip_prefix("lease-")
-            .and_then(|rest| rest.split_once('-'))
-            .ok_or_else(malformed)?;
-        let relay = relay
-            .parse::<RelayKey>()
-            .map_err(|error: KeyParseError| format!("{}: {error}", malformed()))?;
-        let epoch = epoch.parse::<u64>().map_err(|_| malformed())?;
-        Ok(LeaseId { relay, epoch })
+        text.parse::<LeaseId>().map_err(|error| error.to_string())
     }
 }
 

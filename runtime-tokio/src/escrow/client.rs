@@ -617,13 +617,6 @@ impl EscrowClient {
 }
 
 fn parse_lease(text: &str) -> Result<LeaseId, ClientError> {
-    let malformed = || ClientError::Decode(format!("leaseId {text:?} is malformed"));
-    let (relay, epoch) = text
-        .strip_prefix("lease-")
-        .and_then(|rest| rest.split_once('-'))
-        .ok_or_else(malformed)?;
-    Ok(LeaseId {
-        relay: relay.parse().map_err(|_| malformed())?,
-        epoch: epoch.parse().map_err(|_| malformed())?,
-    })
+    text.parse()
+        .map_err(|_| ClientError::Decode(format!("leaseId {text:?} is malformed")))
 }
