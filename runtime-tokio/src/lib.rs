@@ -8,6 +8,8 @@
 //! - [`demo`]: `hypergate demo`, a real-time churn scenario that drives the
 //!   gateway core through worker loss and return (the first-run job until
 //!   the full gateway lands).
+//! - [`gateway`]: `hypergate gateway`, the public front door: peer-first forwarding, replica
+//!   fallback from the mirror, escrow-leased writes.
 //! - [`worker`]: `hypergate worker init|run`, a worker serving its relays over NIP-01
 //!   WebSocket and NIP-11 on a local port.
 //! - [`worker_agent`]: the worker's gateway side (link, registration, mirroring, escrow
@@ -21,5 +23,6 @@ pub mod admin;
 pub mod demo;
 pub mod driver;
 pub mod escrow;
+pub mod gateway;
 pub mod worker;
 pub mod worker_agent;

@@ -171,6 +171,25 @@ impl HyperLog {
         })
     }
 
+    /// Creates a writable log that lives in memory only, holding `key`: the gateway's signer
+    /// for a leased writer key, whose secret must never reach the disk. Its blocks reach disk
+    /// as proofs applied to a replica (see `crate::leased_writer`). `label` names it in errors.
+    pub async fn create_in_memory(label: &str, key: SigningKey) -> Result<HyperLog, LogError> {
+        let dir = PathBuf::from(format!("<memory:{label}>"));
+        let storage = Storage::new_memory()
+            .await
+            .map_err(|e| storage_error(&dir, e))?;
+        let core = HypercoreBuilder::new(storage)
+            .key_pair(PartialKeypair {
+                public: key.verifying_key(),
+                secret: Some(key),
+            })
+            .build()
+            .await
+            .map_err(|e| storage_error(&dir, e))?;
+        Ok(HyperLog { core, dir })
+    }
+
     /// Opens the existing log in `dir` (writable if its secret key is stored there).
     pub async fn open(dir: &Path) -> Result<HyperLog, LogError> {
         if !exists(dir) {

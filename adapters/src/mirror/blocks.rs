@@ -158,6 +158,20 @@ impl MirrorStore {
         log.get(index).await.map_err(|e| MirrorError::log(*core, e))
     }
 
+    /// Answers a replica's [`RangeRequest`] for a mirrored core (a worker catching up on a
+    /// log the gateway holds, such as the gateway writer log): proofs that verify from any
+    /// state the asker is in. Stops at the first block the mirror does not hold.
+    pub async fn answer_request(
+        &mut self,
+        core: &CoreKey,
+        request: &RangeRequest,
+    ) -> Result<Vec<Proof>, MirrorError> {
+        let log = self.log_mut(*core).await?;
+        log.answer_request(request)
+            .await
+            .map_err(|e| MirrorError::log(*core, e))
+    }
+
     /// Blocks of a mirrored core held without a gap from block 0 (what
     /// [`MirrorStore::read_block`] can serve).
     pub fn len(&self, core: &CoreKey) -> Result<u64, MirrorError> {

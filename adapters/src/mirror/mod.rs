@@ -37,6 +37,7 @@ mod blocks;
 mod error;
 mod gc;
 mod inventory;
+mod leased;
 mod record;
 mod restore;
 mod source;
@@ -52,6 +53,7 @@ pub use blocks::StoreOutcome;
 pub use error::MirrorError;
 pub use gc::{BudgetShortfall, Eviction, GcReport};
 pub use hypergate_core::wire::CoreRole;
+pub use leased::{LeasedWriter, LeasedWriterError};
 pub use record::{
     CoreAnnouncement, CoreKey, CoreRecord, EvictionReason, MirrorCounters, RelayFreshness,
 };

@@ -286,6 +286,15 @@ impl<S: RelayStore> RelayHost<S> {
 
     /// Executes every effect `conn`'s session has emitted, answering each.
     pub async fn drive(&mut self, conn: &mut HostedSession) -> Driven<S::Error, S::WriteError> {
+        self.drive_inner(conn, None).await
+    }
+
+    /// Executes `conn`'s effects; publishes go to `defer` when given.
+    async fn drive_inner(
+        &mut self,
+        conn: &mut HostedSession,
+        mut defer: Option<&mut Vec<Event>>,
+    ) -> Driven<S::Error, S::WriteError> {
         let mut driven = Driven {
             started: Vec::new(),
             failures: Vec::new(),
@@ -324,6 +333,11 @@ impl<S: RelayStore> RelayHost<S> {
                         driven.failures.push(HostError::Session(error));
                     }
                 }
+                Effect::Publish { event } if defer.is_some() => {
+                    if let Some(deferred) = defer.as_deref_mut() {
+                        deferred.push(*event);
+                    }
+                }
                 Effect::Publish { event } => {
                     let id = event.id;
                     let outcome = self.publish(*event, &mut driven.failures).await;
@@ -334,6 +348,53 @@ impl<S: RelayStore> RelayHost<S> {
             }
         }
         driven
+    }
+
+    /// Like [`RelayHost::drive`], except that publishes of events not yet visible are handed
+    /// back instead of executed: a gateway decides per event whether a lease lets it write
+    /// (which may take an escrow round trip, so the caller releases the host meanwhile), then
+    /// answers each with [`RelayHost::answer_publish`]. Events already visible are answered
+    /// `duplicate:` here.
+    pub async fn drive_deferring_publishes(
+        &mut self,
+        conn: &mut HostedSession,
+    ) -> (Driven<S::Error, S::WriteError>, Vec<Event>) {
+        let mut publishes = Vec::new();
+        let mut driven = self.drive_inner(conn, Some(&mut publishes)).await;
+        let mut deferred = Vec::new();
+        for event in publishes {
+            if self.relay.reader().view().get(&event.id).is_some() {
+                if let Err(error) = conn
+                    .session
+                    .handle_publish_result(event.id, PublishOutcome::Duplicate)
+                {
+                    driven.failures.push(HostError::Session(error));
+                }
+            } else {
+                deferred.push(event);
+            }
+        }
+        (driven, deferred)
+    }
+
+    /// Answers a publish [`RelayHost::drive_deferring_publishes`] handed back: appended to
+    /// `writer`'s log (and `OK true` once durable), or refused with `refusal`.
+    pub async fn answer_publish(
+        &mut self,
+        conn: &mut HostedSession,
+        event: Event,
+        writer: Result<WriterKey, PublishOutcome>,
+    ) -> Vec<StoreError<S>> {
+        let mut failures = Vec::new();
+        let id = event.id;
+        let outcome = match writer {
+            Ok(writer) => self.publish_to(writer, event, &mut failures).await,
+            Err(refusal) => refusal,
+        };
+        if let Err(error) = conn.session.handle_publish_result(id, outcome) {
+            failures.push(HostError::Session(error));
+        }
+        failures
     }
 
     /// The connection is gone: its live subscriptions are unregistered.
@@ -356,6 +417,16 @@ impl<S: RelayStore> RelayHost<S> {
         let Some(writer) = self.writer else {
             return PublishOutcome::ReadOnly(self.config.read_only_reason.clone());
         };
+        self.publish_to(writer, event, failures).await
+    }
+
+    /// Stores (or broadcasts) one verified event in `writer`'s log.
+    async fn publish_to(
+        &mut self,
+        writer: WriterKey,
+        event: Event,
+        failures: &mut Vec<StoreError<S>>,
+    ) -> PublishOutcome {
         if event.kind.is_ephemeral() {
             let _ = self.relay.broadcast(std::slice::from_ref(&event));
             return PublishOutcome::Accepted;

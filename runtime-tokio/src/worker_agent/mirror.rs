@@ -54,7 +54,7 @@ pub async fn answer_range(
     }
     let end = length.min(start.saturating_add(MAX_MIRROR_BLOCKS_PER_RANGE as u64));
     let proofs = log.export_range(start, start..end).await?;
-    pack(core_key, start, proofs)
+    pack_proofs(core_key, start, proofs)
 }
 
 /// The message asking `core_key`'s holder for what `request` describes. At most
@@ -84,12 +84,12 @@ pub async fn answer_proof_request(
         blocks: request.blocks.to_vec(),
     };
     let proofs = log.answer_request(&range).await?;
-    pack(request.core_key, start, proofs)
+    pack_proofs(request.core_key, start, proofs)
 }
 
 /// Moves block values into `blocks` and the value-less proofs into `proof`, stopping before the
-/// proof budget or a block over the wire's bound.
-fn pack(
+/// proof budget or a block over the wire's bound (the gateway answers from its mirror with it).
+pub fn pack_proofs(
     core_key: [u8; 32],
     start: u64,
     proofs: Vec<Proof>,

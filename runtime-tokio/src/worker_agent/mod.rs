@@ -57,7 +57,7 @@ use crate::escrow::EscrowClient;
 pub use keys::RelayKeys;
 pub use mirror::{
     MirrorWireError, answer_proof_request, answer_range, decode_mirror_response,
-    decode_mirror_response_bytes, proof_request,
+    decode_mirror_response_bytes, pack_proofs, proof_request,
 };
 pub use status::{CoreStatus, RelayStatus, RotationEntry, WorkerStatus};
 

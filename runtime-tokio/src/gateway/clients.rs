@@ -1,0 +1,662 @@
+//! One client WebSocket on the gateway: peer-first, replica fallback, and back.
+//!
+//! Contract:
+//! - The session is opened with the core router, which sweeps the relay's workers. Until it
+//!   is routed, client frames wait (bounded). Routed to a worker, every client frame is
+//!   forwarded over the peer link and every frame the worker sends back is passed on.
+//! - With no usable worker, the session is served from the mirror by a core [`Session`] on
+//!   the relay's replica host: stored events newest first, `EOSE`, then **live** events as
+//!   the mirror or gateway writes add them.
+//! - Writes in replica mode are accepted only under a lease (the core decides: append now,
+//!   wait for the escrow, or read-only); `OK true` only after the append is durable.
+//! - **Switching without duplicates or gaps.** The session remembers its open `REQ`s. On a
+//!   switch (worker → replica or back) it re-sends them to the new side, which answers with
+//!   its stored events, `EOSE`, then live events. Per subscription the session remembers the
+//!   ids it already delivered (up to [`DELIVERED_WINDOW`]) and whether `EOSE` was sent: a
+//!   repeat is dropped, so the client sees each event once and one `EOSE`; an event that
+//!   arrived during the switch is in the new side's stored answer. (A `limit`ed REQ re-sent
+//!   after more than `limit` new events can only return the newest `limit`.)
+//! - **No client stalls another.** Frames to the client go through a bounded queue; a client
+//!   that lets it fill is disconnected.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use hypergate_adapters::index::{LiveMessage, SubscriberId};
+use hypergate_adapters::relay::{HostedSession, LiveStarted};
+use hypergate_core::gateway::WriteVerdict;
+use hypergate_core::ids::{PeerId, RelayKey};
+use hypergate_core::nostr::{
+    ClientMessage, Event, EventId, RelayMessage, SignatureVerifier, SubscriptionId,
+};
+use hypergate_core::registry::PendingMark;
+use hypergate_core::router::{SessionId, SessionKind};
+use hypergate_core::session::{PublishOutcome, Session, SessionConfig};
+use hypergate_core::wire::{BoundedString, Frame, Message, NostrFrame, PendingType};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use super::replica::ReplicaHost;
+use super::state::{SessionSignal, Shared, WriteDecision};
+
+/// Event ids remembered per subscription to drop repeats across a switch.
+pub(crate) const DELIVERED_WINDOW: usize = 10_000;
+/// Client frames held while the session is being routed.
+const HELD_FRAMES: usize = 256;
+/// Signals queued for one session.
+const SIGNAL_QUEUE: usize = 1024;
+/// Live messages queued for the session task across its replica subscriptions.
+const LIVE_CHANNEL: usize = 256;
+/// How long a closing connection may take to flush.
+const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
+/// How long a write may wait for the escrow's answer.
+const LEASE_WAIT: Duration = Duration::from_secs(30);
+
+/// Bounds of one client connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientConfig {
+    pub(crate) session: SessionConfig,
+    pub(crate) outbound_queue: usize,
+}
+
+type LiveItem = (SubscriptionId, SubscriberId, LiveMessage);
+type WriteDone = (Event, Result<u64, PublishOutcome>);
+
+/// Where the session's frames go now.
+enum Mode {
+    Pending(VecDeque<String>),
+    Peer(PeerId),
+    Replica(Box<ReplicaConn>),
+    Unavailable,
+}
+
+struct ReplicaConn {
+    host: Arc<Mutex<ReplicaHost>>,
+    conn: HostedSession,
+    forwarders: JoinSet<()>,
+}
+
+/// What the client was sent, per subscription, to drop repeats after a switch.
+#[derive(Default)]
+struct Delivered {
+    ids: BTreeMap<String, (BTreeSet<EventId>, VecDeque<EventId>)>,
+    eose: BTreeSet<String>,
+}
+
+impl Delivered {
+    /// Whether `message` should reach the client (and remembers it if so).
+    fn admit(&mut self, message: &RelayMessage) -> bool {
+        match message {
+            RelayMessage::Event {
+                subscription_id,
+                event,
+            } => {
+                let (seen, order) = self
+                    .ids
+                    .entry(subscription_id.as_str().to_owned())
+                    .or_default();
+                if !seen.insert(event.id) {
+                    return false;
+                }
+                order.push_back(event.id);
+                if order.len() > DELIVERED_WINDOW
+                    && let Some(oldest) = order.pop_front()
+                {
+                    seen.remove(&oldest);
+                }
+                true
+            }
+            RelayMessage::Eose(subscription_id) => {
+                self.eose.insert(subscription_id.as_str().to_owned())
+            }
+            _ => true,
+        }
+    }
+
+    fn forget(&mut self, subscription: &str) {
+        self.ids.remove(subscription);
+        self.eose.remove(subscription);
+    }
+}
+
+/// One connection's task state.
+struct Client {
+    shared: Arc<Shared>,
+    config: ClientConfig,
+    session: SessionId,
+    relay: RelayKey,
+    mode: Mode,
+    /// Open REQs by subscription id, as the client sent them.
+    subscriptions: BTreeMap<String, String>,
+    delivered: Delivered,
+    out: mpsc::Sender<WsMessage>,
+    live_tx: mpsc::Sender<LiveItem>,
+    writes: JoinSet<WriteDone>,
+}
+
+/// Why the connection ends.
+enum Ending {
+    Closed,
+    TooSlow,
+}
+
+/// Serves one upgraded WebSocket for the relay named `relay_name` (key or alias).
+pub(crate) async fn serve(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    relay_name: String,
+    config: ClientConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (mut sink, mut stream) = socket.split();
+    let (signal_tx, mut signals) = mpsc::channel(SIGNAL_QUEUE);
+    let opened = shared.with_core(|state, now| {
+        let session = state
+            .core
+            .open_session(&relay_name, SessionKind::Client, now)?;
+        state.sessions.insert(session, signal_tx);
+        let relay = state.core.router().relay_of(session)?;
+        Ok::<_, hypergate_core::gateway::GatewayError>((session, relay))
+    });
+    let (session, relay) = match opened {
+        Ok(opened) => opened,
+        Err(error) => {
+            tracing::debug!(%error, relay = relay_name, "client asked for an unknown relay");
+            let _ = sink
+                .send(WsMessage::Close(Some(CloseFrame {
+                    code: 4404,
+                    reason: "relay not found".into(),
+                })))
+                .await;
+            return;
+        }
+    };
+    shared.metrics.client_connected();
+
+    let (out, mut out_rx) = mpsc::channel::<WsMessage>(config.outbound_queue.max(1));
+    let writer = tokio::spawn(async move {
+        while let Some(message) = out_rx.recv().await {
+            if sink.send(message).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let (live_tx, mut live_rx) = mpsc::channel::<LiveItem>(LIVE_CHANNEL);
+    let mut client = Client {
+        shared: Arc::clone(&shared),
+        config,
+        session,
+        relay,
+        mode: Mode::Pending(VecDeque::new()),
+        subscriptions: BTreeMap::new(),
+        delivered: Delivered::default(),
+        out,
+        live_tx,
+        writes: JoinSet::new(),
+    };
+
+    let ending = loop {
+        let step = tokio::select! {
+            incoming = stream.next() => match incoming {
+                Some(Ok(WsMessage::Text(text))) => client.on_client_text(text.as_str()).await,
+                Some(Ok(WsMessage::Binary(_))) => {
+                    client.send(&RelayMessage::Notice("binary frames are not supported".into()))
+                }
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => Ok(()),
+                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => Err(Ending::Closed),
+            },
+            Some(signal) = signals.recv() => client.on_signal(signal).await,
+            Some((subscription, subscriber, message)) = live_rx.recv() => {
+                client.on_live(&subscription, subscriber, &message)
+            }
+            Some(done) = client.writes.join_next(), if !client.writes.is_empty() => match done {
+                Ok((event, result)) => client.on_write_done(event, result).await,
+                Err(error) => {
+                    tracing::warn!(%error, "a gateway write task failed");
+                    Ok(())
+                }
+            },
+            _ = shutdown.changed() => Err(Ending::Closed),
+        };
+        if let Err(ending) = step {
+            break ending;
+        }
+    };
+
+    client.leave_mode().await;
+    shared.with_core(|state, now| {
+        state.sessions.remove(&session);
+        let _ = state.core.close_session(session, now);
+    });
+    shared.metrics.client_disconnected();
+    drop(client);
+    match ending {
+        Ending::TooSlow => {
+            tracing::info!("client disconnected: it did not read its frames");
+            writer.abort();
+        }
+        Ending::Closed => {
+            let abort = writer.abort_handle();
+            if tokio::time::timeout(FLUSH_ON_CLOSE, writer).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Client {
+    /// Queues a frame for the client.
+    fn send_text(&self, text: String) -> Result<(), Ending> {
+        match self.out.try_send(WsMessage::text(text)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Ending::TooSlow),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Ending::Closed),
+        }
+    }
+
+    fn send(&self, message: &RelayMessage) -> Result<(), Ending> {
+        self.send_text(message.to_json())
+    }
+
+    /// Remembers REQ / CLOSE, whatever serves the session.
+    fn track(&mut self, text: &str) {
+        match ClientMessage::parse(text, &self.config.session.limits) {
+            Ok(ClientMessage::Req {
+                subscription_id, ..
+            }) => {
+                // A REQ replacing an open one starts afresh.
+                self.delivered.forget(subscription_id.as_str());
+                self.subscriptions
+                    .insert(subscription_id.as_str().to_owned(), text.to_owned());
+            }
+            Ok(ClientMessage::Close(subscription_id)) => {
+                self.subscriptions.remove(subscription_id.as_str());
+                self.delivered.forget(subscription_id.as_str());
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_client_text(&mut self, text: &str) -> Result<(), Ending> {
+        self.track(text);
+        self.dispatch(text.to_owned()).await
+    }
+
+    /// Sends one client frame to whatever serves the session now.
+    async fn dispatch(&mut self, text: String) -> Result<(), Ending> {
+        match &mut self.mode {
+            Mode::Pending(held) => {
+                if held.len() >= HELD_FRAMES {
+                    return self.send(&RelayMessage::Notice(
+                        "too many frames while the relay is being reached; slow down".into(),
+                    ));
+                }
+                held.push_back(text);
+                Ok(())
+            }
+            Mode::Peer(peer) => {
+                let peer = *peer;
+                self.forward(peer, text);
+                Ok(())
+            }
+            Mode::Replica(replica) => {
+                replica
+                    .conn
+                    .session_mut()
+                    .handle_client_text(&text, self.shared.clock_now());
+                self.drive_replica().await
+            }
+            Mode::Unavailable => self.refuse_unavailable(&text),
+        }
+    }
+
+    /// Forwards a client frame (empty: end of session) to `peer`.
+    fn forward(&self, peer: PeerId, text: String) {
+        let frame = match BoundedString::new(text) {
+            Ok(frame) => frame,
+            Err(_) => {
+                let _ = self.send(&RelayMessage::Notice("frame too large".into()));
+                return;
+            }
+        };
+        let message = Message::NostrFrame(NostrFrame {
+            relay_key: self.relay,
+            session: self.session.0,
+            frame,
+        });
+        self.shared.with_core(|state, now| {
+            Shared::send_to_peer(state, peer, Frame::new(0, message), now);
+        });
+    }
+
+    fn refuse_unavailable(&self, text: &str) -> Result<(), Ending> {
+        let detail = "no worker and no replica of this relay is available";
+        match ClientMessage::parse(text, &self.config.session.limits) {
+            Ok(ClientMessage::Event(event)) => self.send(&RelayMessage::Ok {
+                event_id: event.id,
+                accepted: false,
+                message: format!("error: {detail}"),
+            }),
+            Ok(ClientMessage::Req {
+                subscription_id, ..
+            }) => self.send(&RelayMessage::Closed {
+                subscription_id,
+                message: format!("error: {detail}"),
+            }),
+            Ok(ClientMessage::Close(_)) => Ok(()),
+            Err(error) => self.send(&error.reply()),
+        }
+    }
+
+    async fn on_signal(&mut self, signal: SessionSignal) -> Result<(), Ending> {
+        match signal {
+            SessionSignal::Peer(peer) => {
+                if matches!(self.mode, Mode::Peer(current) if current == peer) {
+                    return Ok(());
+                }
+                let held = self.leave_mode().await;
+                self.mode = Mode::Peer(peer);
+                // Re-open the subscriptions on the worker; repeats are dropped on the way back.
+                let replay: Vec<String> = self.subscriptions.values().cloned().collect();
+                for text in replay {
+                    self.forward(peer, text);
+                }
+                for text in held {
+                    self.dispatch(text).await?;
+                }
+                Ok(())
+            }
+            SessionSignal::Replica => {
+                if matches!(self.mode, Mode::Replica(_)) {
+                    return Ok(());
+                }
+                let held = self.leave_mode().await;
+                match self.shared.replicas.host(self.relay).await {
+                    Ok(host) => {
+                        let session = Session::new(self.config.session, SignatureVerifier::new());
+                        self.mode = Mode::Replica(Box::new(ReplicaConn {
+                            host,
+                            conn: HostedSession::new(session),
+                            forwarders: JoinSet::new(),
+                        }));
+                        let replay: Vec<String> = self.subscriptions.values().cloned().collect();
+                        for text in replay.into_iter().chain(held) {
+                            self.dispatch(text).await?;
+                        }
+                        Ok(())
+                    }
+                    Err(error) => {
+                        tracing::warn!(relay = %self.relay.short(), %error, "replica unavailable");
+                        self.mode = Mode::Unavailable;
+                        for text in held {
+                            self.dispatch(text).await?;
+                        }
+                        Ok(())
+                    }
+                }
+            }
+            SessionSignal::Unavailable => {
+                let held = self.leave_mode().await;
+                self.mode = Mode::Unavailable;
+                for text in held {
+                    self.dispatch(text).await?;
+                }
+                Ok(())
+            }
+            SessionSignal::FromWorker(peer, text) => {
+                if !matches!(self.mode, Mode::Peer(current) if current == peer) {
+                    return Ok(()); // from a worker this session has left
+                }
+                if text.is_empty() {
+                    // The worker will not serve this session: sweep again.
+                    self.mode = Mode::Pending(VecDeque::new());
+                    let session = self.session;
+                    self.shared.with_core(|state, now| {
+                        let _ = state.core.router_mut().handle_forward_failure(
+                            session,
+                            "worker-ended-session",
+                            now,
+                        );
+                    });
+                    return Ok(());
+                }
+                match RelayMessage::parse(&text) {
+                    Ok(message) => {
+                        if self.delivered.admit(&message) {
+                            self.send_text(text)?;
+                        }
+                        Ok(())
+                    }
+                    // Not ours to judge: pass it on as the worker wrote it.
+                    Err(_) => self.send_text(text),
+                }
+            }
+        }
+    }
+
+    fn on_live(
+        &mut self,
+        subscription: &SubscriptionId,
+        subscriber: SubscriberId,
+        message: &LiveMessage,
+    ) -> Result<(), Ending> {
+        if let Mode::Replica(replica) = &mut self.mode {
+            replica.conn.handle_live(subscription, subscriber, message);
+            return self.flush_replica();
+        }
+        Ok(())
+    }
+
+    /// Leaves the current mode; returns the frames held while pending.
+    async fn leave_mode(&mut self) -> Vec<String> {
+        match std::mem::replace(&mut self.mode, Mode::Pending(VecDeque::new())) {
+            Mode::Pending(held) => held.into(),
+            Mode::Peer(peer) => {
+                // Tell the worker the session moved on (its subscriptions end there).
+                self.forward(peer, String::new());
+                Vec::new()
+            }
+            Mode::Replica(replica) => {
+                let ReplicaConn {
+                    host,
+                    conn,
+                    mut forwarders,
+                } = *replica;
+                forwarders.abort_all();
+                host.lock().await.end_session(conn);
+                Vec::new()
+            }
+            Mode::Unavailable => Vec::new(),
+        }
+    }
+
+    /// Executes the replica session's effects and sends its frames.
+    async fn drive_replica(&mut self) -> Result<(), Ending> {
+        let Mode::Replica(replica) = &mut self.mode else {
+            return Ok(());
+        };
+        if replica.conn.session().has_pending_effects() {
+            let (driven, publishes) = replica
+                .host
+                .lock()
+                .await
+                .drive_deferring_publishes(&mut replica.conn)
+                .await;
+            for failure in driven.failures {
+                tracing::warn!(%failure, "replica storage failed while answering a client");
+            }
+            for live in driven.started {
+                replica
+                    .forwarders
+                    .spawn(forward_live(live, self.live_tx.clone()));
+            }
+            for event in publishes {
+                self.start_write(event);
+            }
+        }
+        self.flush_replica()
+    }
+
+    fn flush_replica(&mut self) -> Result<(), Ending> {
+        let Mode::Replica(replica) = &mut self.mode else {
+            return Ok(());
+        };
+        let mut frames = Vec::new();
+        while let Some(message) = replica.conn.session_mut().poll_transmit() {
+            frames.push(message);
+        }
+        for message in frames {
+            if self.delivered.admit(&message) {
+                self.send(&message)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the core whether `event` may be written, in the background.
+    fn start_write(&mut self, event: Event) {
+        let session = self.session;
+        let decision = self.shared.with_core(|state, now| {
+            let write = Shared::next_write_id(state);
+            match state.core.handle_client_write(session, write, now) {
+                Ok(WriteVerdict::Append { epoch }) => Pending::Now(epoch),
+                Ok(WriteVerdict::Wait) => {
+                    let (tx, rx) = oneshot::channel();
+                    state.waiting_writes.insert(write, tx);
+                    Pending::Waiting(rx)
+                }
+                Ok(WriteVerdict::ReadOnly { reason }) => Pending::Refused(reason),
+                Ok(WriteVerdict::Forward(_) | WriteVerdict::Hold) => Pending::Retry,
+                Err(error) => Pending::Error(error.to_string()),
+            }
+        });
+        self.writes.spawn(async move {
+            let result = match decision {
+                Pending::Now(epoch) => Ok(epoch),
+                Pending::Waiting(rx) => match tokio::time::timeout(LEASE_WAIT, rx).await {
+                    Ok(Ok(WriteDecision::Append(epoch))) => Ok(epoch),
+                    Ok(Ok(WriteDecision::ReadOnly(reason))) => {
+                        Err(PublishOutcome::ReadOnly(reason))
+                    }
+                    Ok(Err(_)) | Err(_) => Err(PublishOutcome::ReadOnly(
+                        "the escrow did not answer in time".into(),
+                    )),
+                },
+                Pending::Refused(reason) => Err(PublishOutcome::ReadOnly(reason)),
+                Pending::Retry => Err(PublishOutcome::Rejected(
+                    "error: a worker of this relay is back; send it again".into(),
+                )),
+                Pending::Error(detail) => Err(PublishOutcome::Rejected(format!("error: {detail}"))),
+            };
+            (event, result)
+        });
+    }
+
+    /// Appends an allowed write (or answers a refused one) and reports it to the core.
+    async fn on_write_done(
+        &mut self,
+        event: Event,
+        result: Result<u64, PublishOutcome>,
+    ) -> Result<(), Ending> {
+        let relay = self.relay;
+        let Mode::Replica(replica) = &mut self.mode else {
+            // The session left replica mode meanwhile: the write was not made.
+            if let Ok(_epoch) = result {
+                self.shared
+                    .with_core(|state, now| state.core.handle_write_failed(relay, now));
+            }
+            return self.send(&RelayMessage::Ok {
+                event_id: event.id,
+                accepted: false,
+                message: "error: the relay moved to a worker; send it again".into(),
+            });
+        };
+        let epoch = match result {
+            Ok(epoch) => epoch,
+            Err(refusal) => {
+                self.shared
+                    .metrics
+                    .fallback_write_for(&relay.to_hex(), "readonly");
+                let failures = replica
+                    .host
+                    .lock()
+                    .await
+                    .answer_publish(&mut replica.conn, event, Err(refusal))
+                    .await;
+                for failure in failures {
+                    tracing::warn!(%failure, "answering a refused write failed");
+                }
+                return self.flush_replica();
+            }
+        };
+        let writer = self
+            .shared
+            .writers
+            .lock()
+            .await
+            .get(&relay)
+            .map(hypergate_adapters::mirror::LeasedWriter::writer_key);
+        let writer = writer
+            .ok_or_else(|| PublishOutcome::ReadOnly("the lease ended before the write".to_owned()));
+        let failures = replica
+            .host
+            .lock()
+            .await
+            .answer_publish(&mut replica.conn, event, writer.clone())
+            .await;
+        let appended = writer.is_ok() && failures.is_empty();
+        for failure in &failures {
+            tracing::warn!(%failure, "gateway write failed");
+        }
+        if appended {
+            self.shared
+                .metrics
+                .fallback_write_for(&relay.to_hex(), "accepted");
+            let mark = PendingMark {
+                kind: PendingType::Event,
+                reason: Some("replica-write".into()),
+                drive_identifier: None,
+                drive_version: None,
+                lease_version: None,
+            };
+            self.shared.with_core(|state, now| {
+                if let Err(error) = state.core.handle_write_appended(relay, epoch, mark, now) {
+                    tracing::warn!(%error, "pending mark failed");
+                }
+            });
+        } else {
+            self.shared
+                .metrics
+                .fallback_write_for(&relay.to_hex(), "error");
+            self.shared
+                .with_core(|state, now| state.core.handle_write_failed(relay, now));
+        }
+        self.flush_replica()
+    }
+}
+
+/// What the core said about a write, before waiting.
+enum Pending {
+    Now(u64),
+    Waiting(oneshot::Receiver<WriteDecision>),
+    Refused(String),
+    Retry,
+    Error(String),
+}
+
+/// Moves one live subscription's messages to the session task.
+async fn forward_live(live: LiveStarted, to: mpsc::Sender<LiveItem>) {
+    while let Some(message) = live.receiver.recv().await {
+        if to
+            .send((live.subscription.clone(), live.subscriber, message))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! The gateway's peer-link listener: workers connect, prove their identity, register relays,
+//! send heartbeats, and have their logs mirrored.
+//!
+//! Contract:
+//! - Only workers the [`AcceptPolicy`] admits get a link; nothing is read before the
+//!   handshake completed (the peer link's guarantee).
+//! - Each link gets one bounded outbound queue, drained in order by one writer task: frames
+//!   the core sends (acks, pushes) and forwarded client frames share it, so a session's
+//!   frames stay in order.
+//! - `MirrorAdvertise` registers the advertised cores in the mirror and pulls each one from
+//!   where the mirror stands, with requests built from the mirror's own state (so a batch a
+//!   crash cut short resumes); every block is verified before it is stored. After each batch
+//!   the core hears the new length and the relay's replica host catches up.
+//! - `MirrorRangeRequest` / `MirrorProofRequest` (a worker fetching the gateway writer log)
+//!   are answered from the mirror; a core the mirror does not hold has no blocks here, so the
+//!   answer is empty (a worker whose current gateway writer was never leased moves on).
+//!   Requests the mirror cannot answer get an error frame, never a panic.
+//! - Everything else goes to the core.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use hypergate_adapters::crypto::Identity;
+use hypergate_adapters::log::RangeRequest;
+use hypergate_adapters::mirror::{CoreAnnouncement, CoreKey};
+use hypergate_adapters::peer_link::{AcceptPolicy, Inbound, LinkConfig, PeerLink, accept};
+use hypergate_core::ids::PeerId;
+use hypergate_core::wire::{
+    BoundedString, CoreAdvert, ErrorCode, ErrorMessage, Frame, MAX_MIRROR_BLOCKS_PER_RANGE,
+    Message, MirrorProofRequest, MirrorRangeRequest,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_util::compat::TokioAsyncReadCompatExt as _;
+
+use super::state::Shared;
+use crate::worker_agent::{decode_mirror_response, pack_proofs, proof_request};
+
+/// Frames queued for one worker before its link counts as dead.
+const PEER_OUTBOUND_QUEUE: usize = 4096;
+
+/// Cores being pulled now (one puller per core).
+#[derive(Default)]
+pub(crate) struct Pulling(Mutex<BTreeSet<[u8; 32]>>);
+
+impl Pulling {
+    fn start(&self, core: [u8; 32]) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(core)
+    }
+
+    fn finish(&self, core: &[u8; 32]) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(core);
+    }
+}
+
+/// Accepts worker links until shutdown.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    policy: Arc<AcceptPolicy>,
+    link_config: LinkConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let pulling = Arc::new(Pulling::default());
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, remote) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "peer-link accept failed");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = Arc::clone(&shared);
+        let policy = Arc::clone(&policy);
+        let pulling = Arc::clone(&pulling);
+        let identity: &Identity = &shared.identity;
+        let handshake = accept(
+            stream.compat(),
+            identity,
+            &policy,
+            &link_config,
+            tokio::time::sleep,
+        );
+        match handshake.await {
+            Ok(established) => {
+                tokio::spawn(established.driver.run());
+                tokio::spawn(serve_link(
+                    shared,
+                    pulling,
+                    established.link,
+                    established.inbound,
+                ));
+            }
+            Err(error) => tracing::info!(%remote, %error, "peer-link handshake refused"),
+        }
+    }
+}
+
+async fn serve_link(shared: Arc<Shared>, pulling: Arc<Pulling>, link: PeerLink, inbound: Inbound) {
+    let peer = link.remote();
+    let (out_tx, mut out_rx) = mpsc::channel::<Frame>(PEER_OUTBOUND_QUEUE);
+    let writer_link = link.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = out_rx.recv().await {
+            if writer_link.send(frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    tracing::info!(peer = %peer.short(), "worker linked");
+    shared.with_core(|state, now| {
+        state.outbound.insert(peer, out_tx);
+        state.core.handle_link_up(peer, now);
+    });
+    while let Some(frame) = inbound.recv().await {
+        let id = frame.request_id;
+        match frame.message {
+            Message::MirrorAdvertise(advert) => {
+                register_cores(&shared, peer, &advert.cores).await;
+                for core in advert.cores.iter() {
+                    if pulling.start(core.core_key) {
+                        tokio::spawn(pull(
+                            Arc::clone(&shared),
+                            Arc::clone(&pulling),
+                            link.clone(),
+                            core.clone(),
+                        ));
+                    }
+                }
+                shared.with_core(|state, now| {
+                    state.core.handle_frame(
+                        peer,
+                        Frame::new(id, Message::MirrorAdvertise(advert)),
+                        now,
+                    );
+                });
+            }
+            Message::MirrorRangeRequest(request) => {
+                let answer = answer_range_request(&shared, &request).await;
+                let _ = link.send(Frame::new(id, answer)).await;
+            }
+            Message::MirrorProofRequest(request) => {
+                let answer = answer_proof(&shared, &request).await;
+                let _ = link.send(Frame::new(id, answer)).await;
+            }
+            message => shared.with_core(|state, now| {
+                state.core.handle_frame(peer, Frame::new(id, message), now);
+            }),
+        }
+    }
+    let reason = link.closed().map(|closed| closed.to_string());
+    tracing::info!(peer = %peer.short(), reason = reason.as_deref().unwrap_or("ended"), "worker link down");
+    shared.with_core(|state, now| {
+        state.outbound.remove(&peer);
+        state.core.handle_link_down(peer, now);
+    });
+    writer.abort();
+}
+
+async fn register_cores(shared: &Shared, owner: PeerId, cores: &[CoreAdvert]) {
+    let now = shared.unix_now();
+    let mut mirror = shared.mirror.lock().await;
+    for core in cores {
+        let announcement = CoreAnnouncement::from_advert(core, owner);
+        let key = announcement.core_key;
+        if let Err(error) = mirror.register_core(announcement, now).await {
+            tracing::warn!(core = %key.short(), %error, "advertised core refused");
+            continue;
+        }
+        if let Err(error) = mirror.advertise(&key, core.length, now) {
+            tracing::warn!(core = %key.short(), %error, "advertised length not recorded");
+        }
+    }
+}
+
+/// Pulls one core up to its advertised length, from where the mirror stands.
+async fn pull(shared: Arc<Shared>, pulling: Arc<Pulling>, link: PeerLink, core: CoreAdvert) {
+    let key = CoreKey(core.core_key);
+    loop {
+        let request = {
+            let mut mirror = shared.mirror.lock().await;
+            let Ok(start) = mirror.len(&key) else { break };
+            if start >= core.length {
+                break;
+            }
+            let end = core
+                .length
+                .min(start.saturating_add(MAX_MIRROR_BLOCKS_PER_RANGE as u64));
+            match mirror.request_range(&key, start..end).await {
+                Ok(range) => proof_request(core.core_key, range),
+                Err(error) => {
+                    tracing::warn!(core = %key.short(), %error, "mirror request failed");
+                    break;
+                }
+            }
+        };
+        let Ok(request) = request else { break };
+        let Ok(Message::MirrorRangeResponse(response)) =
+            link.request(Message::MirrorProofRequest(request)).await
+        else {
+            break; // the link ended or the worker refused: the next advertisement resumes
+        };
+        let proofs = match decode_mirror_response(&response) {
+            Ok(proofs) if !proofs.is_empty() => proofs,
+            Ok(_) => break,
+            Err(error) => {
+                tracing::warn!(core = %key.short(), %error, "worker sent a malformed mirror response");
+                shared.metrics.mirror_rejected(1);
+                break;
+            }
+        };
+        let stored = {
+            let mut mirror = shared.mirror.lock().await;
+            mirror.store_blocks(&key, &proofs, shared.unix_now()).await
+        };
+        match stored {
+            Ok(outcome) => {
+                shared.metrics.mirror_stored(outcome.stored_blocks);
+                shared.metrics.mirror_rejected(outcome.rejected_blocks);
+                let length = outcome.local_length;
+                shared.with_core(|state, now| {
+                    state
+                        .core
+                        .handle_mirror_stored(core.relay_key, core.core_key, length, now);
+                });
+                shared.replicas.refresh(core.relay_key).await;
+                if outcome.stored_blocks == 0 {
+                    break; // nothing verified: do not ask again for the same blocks
+                }
+            }
+            Err(error) => {
+                tracing::warn!(core = %key.short(), %error, "mirror store failed");
+                break;
+            }
+        }
+    }
+    pulling.finish(&core.core_key);
+}
+
+async fn answer_range_request(shared: &Shared, request: &MirrorRangeRequest) -> Message {
+    let key = CoreKey(*request.core_key());
+    let mut mirror = shared.mirror.lock().await;
+    // A core the gateway never held (e.g. a gateway writer it was never leased) has no blocks
+    // here: an empty answer, so the worker's resync moves on.
+    let held = mirror.len(&key).unwrap_or(0);
+    let start = request.start();
+    let end = held.min(start.saturating_add(MAX_MIRROR_BLOCKS_PER_RANGE as u64));
+    let proofs = if start < end {
+        match mirror.export_blocks(&key, start, start..end).await {
+            Ok(proofs) => proofs,
+            Err(error) => return failure(ErrorCode::BadRequest, &error.to_string()),
+        }
+    } else {
+        Vec::new()
+    };
+    match pack_proofs(*key.as_bytes(), start, proofs) {
+        Ok(response) => Message::MirrorRangeResponse(response),
+        Err(error) => failure(ErrorCode::Internal, &error.to_string()),
+    }
+}
+
+async fn answer_proof(shared: &Shared, request: &MirrorProofRequest) -> Message {
+    let key = CoreKey(request.core_key);
+    let mut mirror = shared.mirror.lock().await;
+    if mirror.core(&key).is_none() {
+        return empty_answer(request.core_key, request.blocks.first().map_or(0, |b| b.0));
+    }
+    let start = request.blocks.first().map_or(0, |block| block.0);
+    let range = RangeRequest {
+        signed_length: request.signed_length,
+        blocks: request.blocks.to_vec(),
+    };
+    let proofs = match mirror.answer_request(&key, &range).await {
+        Ok(proofs) => proofs,
+        Err(error) => return failure(ErrorCode::BadRequest, &error.to_string()),
+    };
+    match pack_proofs(request.core_key, start, proofs) {
+        Ok(response) => Message::MirrorRangeResponse(response),
+        Err(error) => failure(ErrorCode::Internal, &error.to_string()),
+    }
+}
+
+fn empty_answer(core_key: [u8; 32], start: u64) -> Message {
+    match pack_proofs(core_key, start, Vec::new()) {
+        Ok(response) => Message::MirrorRangeResponse(response),
+        Err(error) => failure(ErrorCode::Internal, &error.to_string()),
+    }
+}
+
+fn failure(code: ErrorCode, message: &str) -> Message {
+    Message::Error(ErrorMessage {
+        code,
+        message: BoundedString::truncating(message),
+    })
+}

