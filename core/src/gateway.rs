@@ -173,6 +173,10 @@ pub enum GatewayError {
     /// A registry input was wrong.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    // The request is refused by the gateway's own rules.
+    /// A lease may not be requested for this relay now.
+    #[error("lease request refused: {0}")]
+    LeaseRefused(String),
 }
 
 /// The gateway composition. See the module docs for the drive loop.

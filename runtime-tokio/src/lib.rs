@@ -10,6 +10,7 @@
 //!   the full gateway lands).
 //! - [`gateway`]: `hypergate gateway`, the public front door: peer-first forwarding, replica
 //!   fallback from the mirror, escrow-leased writes.
+//! - [`up`]: `hypergate up`, gateway + escrow + one worker in one process for a first run.
 //! - [`worker`]: `hypergate worker init|run`, a worker serving its relays over NIP-01
 //!   WebSocket and NIP-11 on a local port.
 //! - [`worker_agent`]: the worker's gateway side (link, registration, mirroring, escrow
@@ -24,5 +25,6 @@ pub mod demo;
 pub mod driver;
 pub mod escrow;
 pub mod gateway;
+pub mod up;
 pub mod worker;
 pub mod worker_agent;

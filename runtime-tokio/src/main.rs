@@ -17,6 +17,26 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start a gateway, an escrow and one worker with one relay in this process, on embedded
+    /// storage under --data-dir; print the relay's WebSocket URL and run until interrupted.
+    Up {
+        /// Where everything lives (created on the first run, reused after).
+        #[arg(long, default_value = "hypergate-data", env = "HYPERGATE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The gateway's client listener.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "HYPERGATE_LISTEN")]
+        listen: SocketAddr,
+        /// The gateway's peer-link listener.
+        #[arg(long, default_value = "127.0.0.1:8081", env = "HYPERGATE_PEER_LISTEN")]
+        peer_listen: SocketAddr,
+        /// Print one JSON line with the URLs.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The public gateway: NIP-01 WebSocket and HTTP for clients, the peer link for workers.
+    Gateway(Box<hypergate_tokio::gateway::cli::GatewayArgs>),
+    /// Operator commands against a running gateway (leases, replicas, relays, revoke, …).
+    Ctl(hypergate_tokio::gateway::ctl::CtlArgs),
     /// Drive the gateway core in real time through worker churn: peer-first
     /// routing, replica fallback when every worker is gone, and return.
     Demo {
@@ -317,6 +337,25 @@ fn main() -> ExitCode {
             })
             .await
             .map(|()| ExitCode::SUCCESS),
+            Command::Up {
+                data_dir,
+                listen,
+                peer_listen,
+                json,
+            } => hypergate_tokio::up::run(hypergate_tokio::up::UpOptions {
+                data_dir,
+                listen,
+                peer_listen,
+                json,
+            })
+            .await
+            .map(|()| ExitCode::SUCCESS),
+            Command::Ctl(args) => hypergate_tokio::gateway::ctl::run(args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::Gateway(args) => hypergate_tokio::gateway::cli::run(*args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Escrow {
                 command: EscrowCommand::Serve(args),
             } => {

@@ -276,6 +276,39 @@ mod write_path {
     }
 
     #[test]
+    fn an_operator_lease_request_asks_the_escrow_once_and_is_refused_beside_a_healthy_worker() {
+        let (mut gateway, _session, t0) = offline_relay(true);
+        let first = gateway.handle_operator_lease_request(RELAY, t0).unwrap();
+        let second = gateway.handle_operator_lease_request(RELAY, t0).unwrap();
+        assert_eq!(first, crate::lease::RequestOutcome::Started);
+        assert_eq!(second, crate::lease::RequestOutcome::InFlight);
+        let (_, events) = drain(&mut gateway);
+        let requests = events
+            .iter()
+            .filter(|event| matches!(event, GatewayEvent::LeaseRequestNeeded { .. }))
+            .count();
+        assert_eq!(requests, 1);
+
+        let (mut no_escrow, _, t0) = offline_relay(false);
+        assert!(matches!(
+            no_escrow.handle_operator_lease_request(RELAY, t0),
+            Err(GatewayError::LeaseRefused(_))
+        ));
+        assert!(matches!(
+            no_escrow.handle_operator_lease_request(RelayKey([0x55; 32]), t0),
+            Err(GatewayError::RelayNotRegistered(_))
+        ));
+
+        let (mut back, _, t0) = offline_relay(true);
+        back.handle_link_up(WORKER, t0);
+        back.handle_frame(WORKER, register_with_escrow(true), t0);
+        assert!(matches!(
+            back.handle_operator_lease_request(RELAY, t0),
+            Err(GatewayError::LeaseRefused(_))
+        ));
+    }
+
+    #[test]
     fn a_granted_lease_releases_the_waiting_writes_under_its_epoch() {
         let (mut gateway, session, t0) = offline_relay(true);
         gateway

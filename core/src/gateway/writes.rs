@@ -124,6 +124,42 @@ impl Gateway {
         self.pump(now);
     }
 
+    /// An operator asks for `relay`'s lease now (`POST /api/escrow/leases/:relayKey/request`):
+    /// the request a write would make, with the gateway's own evidence, so the escrow's policy
+    /// still decides. Refused here when the relay is unknown, its owner did not enable escrow,
+    /// or one of its workers is healthy (it takes the writes).
+    pub fn handle_operator_lease_request(
+        &mut self,
+        relay: RelayKey,
+        now: Instant,
+    ) -> Result<RequestOutcome, GatewayError> {
+        let record = self
+            .registry
+            .relay(&relay)
+            .ok_or_else(|| GatewayError::RelayNotRegistered(relay.to_hex()))?;
+        if !record.escrow_enabled() {
+            return Err(GatewayError::LeaseRefused(
+                "the relay's owner has not enabled escrow".into(),
+            ));
+        }
+        if self.any_worker_healthy(&relay) {
+            return Err(GatewayError::LeaseRefused(
+                "a worker of the relay is healthy; it takes the writes".into(),
+            ));
+        }
+        let outcome = self.leases.request(relay, now);
+        if outcome == RequestOutcome::Started {
+            let evidence = self.evidence(&relay, now);
+            self.events.push_back(GatewayEvent::LeaseRequestNeeded {
+                relay,
+                renewing: None,
+                evidence,
+            });
+        }
+        self.pump(now);
+        Ok(outcome)
+    }
+
     /// The escrow granted (or renewed) a lease.
     pub fn handle_lease_granted(
         &mut self,

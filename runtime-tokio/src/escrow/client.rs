@@ -147,6 +147,40 @@ impl fmt::Debug for EscrowClientConfig {
     }
 }
 
+impl EscrowClientConfig {
+    /// The settings of a client whose HMAC secret and TLS material are files: the secret is
+    /// trimmed and must not be empty; `ca` is required for `https://`; `identity` is this
+    /// client's certificate and key (PEM).
+    pub fn from_files(
+        base_url: &str,
+        client_id: &str,
+        secret_file: &std::path::Path,
+        ca: Option<&std::path::Path>,
+        identity: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<Self, ClientError> {
+        let secret = std::fs::read_to_string(secret_file)
+            .map_err(|e| ClientError::Config(format!("reading {}: {e}", secret_file.display())))?;
+        let secret = Zeroizing::new(secret.trim().as_bytes().to_vec());
+        if secret.is_empty() {
+            return Err(ClientError::Config(format!(
+                "{} is empty",
+                secret_file.display()
+            )));
+        }
+        let tls = match ca {
+            Some(ca) => Some(ClientTls::from_pem_files(ca, identity)?),
+            None => None,
+        };
+        Ok(Self {
+            base_url: base_url.to_owned(),
+            client_id: client_id.to_owned(),
+            secret,
+            tls,
+            request_timeout: Duration::from_secs(5),
+        })
+    }
+}
+
 /// An HTTP answer, as read.
 #[derive(Debug, Clone)]
 pub struct RawResponse {

@@ -23,20 +23,23 @@ use hypergate_core::time::UnixTime;
 
 use super::state::Shared;
 use crate::escrow::EscrowClient;
-use crate::escrow::client::ClientError;
+use crate::escrow::client::{ClientError, RevokeBy};
 
 /// The escrow client and what the gateway remembers about its leases.
 pub(crate) struct EscrowLink {
     client: EscrowClient,
+    /// Operator credentials, for revokes.
+    operator: Option<EscrowClient>,
     public_key: tokio::sync::Mutex<Option<crypto_box::PublicKey>>,
     /// Deposit released by each active lease (a renewal reports the same one).
     escrow_ids: Mutex<BTreeMap<LeaseId, String>>,
 }
 
 impl EscrowLink {
-    pub(crate) fn new(client: EscrowClient) -> EscrowLink {
+    pub(crate) fn new(client: EscrowClient, operator: Option<EscrowClient>) -> EscrowLink {
         EscrowLink {
             client,
+            operator,
             public_key: tokio::sync::Mutex::new(None),
             escrow_ids: Mutex::new(BTreeMap::new()),
         }
@@ -148,6 +151,21 @@ impl EscrowLink {
                 state.core.handle_lease_granted(grant, now)
             })
             .map_err(|e| format!("the renewal was not installed: {e}"))
+    }
+
+    /// Revokes every deposit of `relay` at the escrow: its answer, or why it failed.
+    pub(crate) async fn revoke_relay(
+        &self,
+        relay: RelayKey,
+        reason: &str,
+    ) -> Result<serde_json::Value, String> {
+        let Some(operator) = &self.operator else {
+            return Err("no escrow operator credentials are configured".into());
+        };
+        operator
+            .revoke(&RevokeBy::Relay(relay), Some("gateway-operator"), reason)
+            .await
+            .map_err(|e| describe(&e))
     }
 
     /// Tells the escrow a lease ended here (best effort).

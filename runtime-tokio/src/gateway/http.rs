@@ -19,9 +19,14 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Path, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use hypergate_core::ids::RelayKey;
+use axum::routing::{delete, get, post};
+use hypergate_core::gateway::GatewayError;
+use hypergate_core::ids::{PeerId, RelayKey};
+use hypergate_core::lease::RequestOutcome;
+use hypergate_core::registry::Removal;
 use hypergate_core::session::RelayInformation;
+use hypergate_core::time::UnixTime;
+use hypergate_core::wire::{Frame, Message, ResyncComplete};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -44,6 +49,18 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
         .route("/api/blind-peer", get(blind_peer))
         .route("/api/blind-peer/replicas", get(replicas))
         .route("/api/escrow/leases", get(leases))
+        .route("/api/escrow/leases/query", post(leases_query))
+        .route(
+            "/api/escrow/leases/{relay_key}/request",
+            post(lease_request),
+        )
+        .route("/api/relays", get(relays))
+        .route("/api/relays/{relay_key}", delete(remove_relay))
+        .route("/api/relays/{relay_key}/escrow/revoke", post(revoke))
+        .route(
+            "/api/relays/{relay_key}/resync-complete",
+            post(resync_complete),
+        )
         .route("/relay/{relay_key}", get(relay))
         .route("/{a}/{b}", get(relay_alias))
         .with_state(state)
@@ -97,6 +114,41 @@ fn denied(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
                 == 0
     });
     (!matches).then(|| error(StatusCode::UNAUTHORIZED, "admin token required"))
+}
+
+/// `GET /api/relays`: the registry: relays, their workers and health, pending flags.
+async fn relays(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+    if let Some(denied) = denied(&state, &headers) {
+        return denied;
+    }
+    let relays: Vec<Value> = state.shared.read_core(|core| {
+        core.core
+            .registry()
+            .relays()
+            .map(|record| {
+                let workers: Vec<Value> = record
+                    .workers
+                    .keys()
+                    .map(|peer| {
+                        json!({
+                            "peerKey": peer.to_hex(),
+                            "health": core.core.health().health_of(peer).as_str(),
+                            "linked": core.outbound.contains_key(peer),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "relayKey": record.relay_key.to_hex(),
+                    "identifiers": record.identifiers,
+                    "escrowEnabled": record.escrow_enabled(),
+                    "requiresAuth": record.requires_auth,
+                    "workers": workers,
+                    "pending": record.pending,
+                })
+            })
+            .collect()
+    });
+    axum::Json(json!({ "relays": relays })).into_response()
 }
 
 async fn blind_peer(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
@@ -160,11 +212,238 @@ async fn leases(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Resp
     if let Some(denied) = denied(&state, &headers) {
         return denied;
     }
+    axum::Json(json!({ "leases": lease_list(&state, None) })).into_response()
+}
+
+/// `POST /api/escrow/leases/query` with `{"relayKeys": [...]}` (absent: all).
+async fn leases_query(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(denied) = denied(&state, &headers) {
+        return denied;
+    }
+    let wanted = if body.is_empty() {
+        None
+    } else {
+        let Ok(query) = serde_json::from_slice::<Value>(&body) else {
+            return error(StatusCode::BAD_REQUEST, "body is not JSON");
+        };
+        match query.get("relayKeys") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(keys)) => {
+                let parsed: Option<Vec<RelayKey>> = keys
+                    .iter()
+                    .map(|key| key.as_str().and_then(|key| key.parse().ok()))
+                    .collect();
+                match parsed {
+                    Some(keys) => Some(keys),
+                    None => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "relayKeys must be relay keys (64 hex)",
+                        );
+                    }
+                }
+            }
+            Some(_) => return error(StatusCode::BAD_REQUEST, "relayKeys must be an array"),
+        }
+    };
+    axum::Json(json!({ "leases": lease_list(&state, wanted.as_deref()) })).into_response()
+}
+
+/// `POST /api/escrow/leases/:relayKey/request`: ask the escrow now (its policy decides).
+async fn lease_request(
+    State(state): State<Arc<HttpState>>,
+    Path(relay_key): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(denied) = denied(&state, &headers) {
+        return denied;
+    }
+    let relay = match relay_key.parse::<RelayKey>() {
+        Ok(relay) => relay,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid relay key: {e}")),
+    };
+    if state.shared.escrow.is_none() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no escrow is configured");
+    }
+    let outcome = state
+        .shared
+        .with_core(|core, now| core.core.handle_operator_lease_request(relay, now));
+    match outcome {
+        Ok(RequestOutcome::Started) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "status": "requested", "relayKey": relay.to_hex() })),
+        )
+            .into_response(),
+        Ok(RequestOutcome::InFlight) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "status": "in-flight", "relayKey": relay.to_hex() })),
+        )
+            .into_response(),
+        Ok(RequestOutcome::Active(lease)) => axum::Json(json!({
+            "status": "active",
+            "relayKey": relay.to_hex(),
+            "leaseId": lease.to_string(),
+        }))
+        .into_response(),
+        Err(GatewayError::RelayNotRegistered(_)) => error(StatusCode::NOT_FOUND, "unknown relay"),
+        Err(other) => error(StatusCode::CONFLICT, &other.to_string()),
+    }
+}
+
+/// `POST /api/relays/:relayKey/escrow/revoke` `{"reason"?}`: revokes every deposit of the
+/// relay at the escrow and ends the gateway's lease of it.
+async fn revoke(
+    State(state): State<Arc<HttpState>>,
+    Path(relay_key): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(denied) = denied(&state, &headers) {
+        return denied;
+    }
+    let relay = match relay_key.parse::<RelayKey>() {
+        Ok(relay) => relay,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid relay key: {e}")),
+    };
+    let reason = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|body| {
+            body.get("reason")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "operator-revoke".to_owned());
+    let Some(escrow) = &state.shared.escrow else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no escrow is configured");
+    };
+    let answer = match escrow.revoke_relay(relay, &reason).await {
+        Ok(answer) => answer,
+        Err(message) => return error(StatusCode::BAD_GATEWAY, &message),
+    };
+    let ended = state.shared.with_core(|core, now| {
+        let current = core.core.leases().current(&relay).map(|lease| lease.id);
+        current.map(|lease| {
+            let _ = core.core.handle_lease_revoked(lease, &reason, now);
+            lease.to_string()
+        })
+    });
+    axum::Json(json!({
+        "relayKey": relay.to_hex(),
+        "escrow": answer,
+        "endedLease": ended,
+    }))
+    .into_response()
+}
+
+/// `DELETE /api/relays/:relayKey[?force=true]`: forgets a relay; with pending writes only
+/// when forced (409 otherwise).
+async fn remove_relay(
+    State(state): State<Arc<HttpState>>,
+    Path(relay_key): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(denied) = denied(&state, &headers) {
+        return denied;
+    }
+    let relay = match relay_key.parse::<RelayKey>() {
+        Ok(relay) => relay,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid relay key: {e}")),
+    };
+    let force = uri.query().is_some_and(|query| {
+        query
+            .split('&')
+            .any(|pair| pair == "force=true" || pair == "force=1")
+    });
+    let mode = if force {
+        Removal::Force
+    } else {
+        Removal::IfNoPendingWrites
+    };
+    let known = state
+        .shared
+        .read_core(|core| core.core.registry().relay(&relay).is_some());
+    if !known {
+        return error(StatusCode::NOT_FOUND, "unknown relay");
+    }
+    match state
+        .shared
+        .with_core(|core, now| core.core.handle_relay_removal(relay, mode, now))
+    {
+        Ok(()) => axum::Json(json!({ "removed": relay.to_hex(), "forced": force })).into_response(),
+        Err(other) => error(StatusCode::CONFLICT, &other.to_string()),
+    }
+}
+
+/// `POST /api/relays/:relayKey/resync-complete` `{"workerPeerKey", "resyncedThrough",
+/// "gatewayWriterLength"}`: the HTTP form of the link message, for an operator who confirmed
+/// a worker's resync by other means. The admin token stands in for the link identity; the
+/// core applies the same rules as for the link message (the worker must serve the relay).
+async fn resync_complete(
+    State(state): State<Arc<HttpState>>,
+    Path(relay_key): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(denied) = denied(&state, &headers) {
+        return denied;
+    }
+    let relay = match relay_key.parse::<RelayKey>() {
+        Ok(relay) => relay,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid relay key: {e}")),
+    };
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "body is not JSON");
+    };
+    let worker = body
+        .get("workerPeerKey")
+        .and_then(Value::as_str)
+        .and_then(|key| key.parse::<PeerId>().ok());
+    let through = body.get("resyncedThrough").and_then(Value::as_u64);
+    let length = body.get("gatewayWriterLength").and_then(Value::as_u64);
+    let (Some(worker), Some(through), Some(length)) = (worker, through, length) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "workerPeerKey (hex), resyncedThrough (ms) and gatewayWriterLength are required",
+        );
+    };
+    let done = ResyncComplete {
+        relay_key: relay,
+        resynced_through: UnixTime(through),
+        gateway_writer_length: length,
+    };
+    let pending = state.shared.with_core(|core, now| {
+        core.core
+            .handle_frame(worker, Frame::new(0, Message::ResyncComplete(done)), now);
+        core.core
+            .registry()
+            .relay(&relay)
+            .map(|record| record.pending.pending)
+    });
+    match pending {
+        None => error(StatusCode::NOT_FOUND, "unknown relay"),
+        Some(pending) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({
+                "relayKey": relay.to_hex(),
+                "status": if pending { "still-pending" } else { "cleared" },
+            })),
+        )
+            .into_response(),
+    }
+}
+
+fn lease_list(state: &HttpState, relays: Option<&[RelayKey]>) -> Vec<Value> {
     let now = state.shared.clock_now();
-    let leases: Vec<Value> = state.shared.read_core(|core| {
+    state.shared.read_core(|core| {
         core.core
             .leases()
             .active_leases(now)
+            .filter(|lease| relays.is_none_or(|relays| relays.contains(&lease.id.relay)))
             .map(|lease| {
                 json!({
                     "leaseId": lease.id.to_string(),
@@ -177,8 +456,7 @@ async fn leases(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Resp
                 })
             })
             .collect()
-    });
-    axum::Json(json!({ "leases": leases })).into_response()
+    })
 }
 
 async fn relay(

@@ -13,7 +13,9 @@
 //! - [`GatewayHandle::shutdown`] ends leases (wiping their keys), stops the listeners and
 //!   waits for the tasks.
 
+pub mod cli;
 mod clients;
+pub mod ctl;
 mod escrow_link;
 mod http;
 mod links;
@@ -62,6 +64,9 @@ pub struct GatewayOptions {
     pub outbound_queue: usize,
     /// The escrow to request leases from; `None`: read-only while workers are away.
     pub escrow: Option<EscrowClientConfig>,
+    /// Operator credentials at the escrow, for `POST /api/relays/:relayKey/escrow/revoke`
+    /// (the escrow lets only operators and owners revoke); `None`: that route answers 503.
+    pub escrow_operator: Option<EscrowClientConfig>,
     /// The bearer token the `/api/` routes require; `None` leaves them open (loopback use).
     pub admin_token: Option<String>,
 }
@@ -106,9 +111,14 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<GatewayHandle> {
     let mirror = MirrorStore::open(&options.data_dir.join("mirror"), MirrorConfig::default())
         .await
         .context("opening the mirror store")?;
+    let operator = match options.escrow_operator {
+        Some(config) => Some(EscrowClient::new(config).context("escrow operator client")?),
+        None => None,
+    };
     let escrow = match options.escrow {
         Some(config) => Some(escrow_link::EscrowLink::new(
             EscrowClient::new(config).context("escrow client")?,
+            operator,
         )),
         None => None,
     };

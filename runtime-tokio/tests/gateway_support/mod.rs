@@ -83,6 +83,7 @@ pub(crate) async fn start_gateway(
         session: SessionConfig::default(),
         outbound_queue: 1024,
         escrow,
+        escrow_operator: None,
         admin_token: None,
     })
     .await

@@ -1,0 +1,334 @@
+//! `hypergate up`: gateway, escrow and one worker with one relay in one process, on embedded
+//! storage under one data directory — the first run, and what the README starts with.
+//!
+//! Contract:
+//! - Idempotent: the first run creates everything under `<data>` (identities, a local PKI for
+//!   the escrow's mutual TLS, the escrow's shared HMAC secret, the worker's relay); later runs
+//!   reuse it, so the relay and its data survive restarts.
+//! - The pieces talk as they would in production: the worker links to the gateway over the
+//!   authenticated peer link and deposits its gateway writer key with the escrow over mTLS;
+//!   the gateway unlocks over mTLS. Only the listeners are local (127.0.0.1 by default).
+//! - Prints the relay's WebSocket URL at the gateway, then runs until SIGINT/SIGTERM.
+//! - Secrets are files of mode 0600 in directories of mode 0700.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use hypergate_adapters::crypto::Identity;
+use hypergate_adapters::peer_link::{AcceptPolicy, LinkConfig};
+use hypergate_core::escrow::PolicyConfig;
+use hypergate_core::gateway::GatewayConfig;
+use hypergate_core::ids::RelayKey;
+use hypergate_core::session::SessionConfig;
+use rand_core::{OsRng, TryRngCore};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair,
+};
+use zeroize::Zeroizing;
+
+use crate::escrow::auth::{ClientEntry, Role};
+use crate::escrow::client::ClientTls;
+use crate::escrow::config::{EscrowConfig, StoreChoice, TlsFiles};
+use crate::escrow::{EscrowClientConfig, EscrowServer};
+use crate::gateway::{self, GatewayOptions};
+use crate::worker;
+
+/// `hypergate up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Where everything lives.
+    pub data_dir: PathBuf,
+    /// The gateway's client listener.
+    pub listen: SocketAddr,
+    /// The gateway's peer-link listener.
+    pub peer_listen: SocketAddr,
+    /// Print one JSON line with the addresses instead of text.
+    pub json: bool,
+}
+
+/// Runs gateway, escrow and worker until a shutdown signal.
+pub async fn run(options: UpOptions) -> anyhow::Result<()> {
+    let data = &options.data_dir;
+    private_dir(data)?;
+    let pki = Pki::load_or_mint(&data.join("pki"))?;
+    let secret_path = data.join("escrow-secret");
+    let secret = load_or_create_secret(&secret_path)?;
+
+    let gateway_dir = data.join("gateway");
+    private_dir(&gateway_dir)?;
+    let gateway_identity = Identity::load_or_create(&gateway_dir.join("identity.json"))
+        .context("the gateway identity")?;
+    let gateway_peer = gateway_identity.peer_id();
+
+    let worker_dir = data.join("worker");
+    if !worker_dir.join("identity.json").exists() {
+        worker::init(worker::InitOptions {
+            data_dir: worker_dir.clone(),
+            listen: "127.0.0.1:0".parse()?,
+            json: false,
+        })
+        .await
+        .context("creating the worker and its first relay")?;
+    }
+    let worker_peer = Identity::load_or_create(&worker_dir.join("identity.json"))?.peer_id();
+    let relay = first_relay(&worker_dir)?;
+
+    // The escrow, over mutual TLS on an ephemeral loopback port.
+    let escrow_dir = data.join("escrow");
+    private_dir(&escrow_dir)?;
+    let escrow = EscrowServer::start(EscrowConfig {
+        listen: "127.0.0.1:0".parse()?,
+        base_path: "/api/escrow".into(),
+        keypair_path: escrow_dir.join("keypair.json"),
+        audit_dir: escrow_dir.join("audit"),
+        store: StoreChoice::Embedded {
+            dir: escrow_dir.join("store"),
+        },
+        tls: Some(pki.server_files()),
+        tls_reload_interval: Duration::from_secs(30),
+        policy: PolicyConfig::default(),
+        clients: vec![
+            ClientEntry {
+                id: "gateway".into(),
+                role: Role::Gateway,
+                peer: Some(gateway_peer),
+                secret: None,
+            },
+            ClientEntry {
+                id: "worker".into(),
+                role: Role::Worker,
+                peer: Some(worker_peer),
+                secret: None,
+            },
+            ClientEntry {
+                id: "operator".into(),
+                role: Role::Operator,
+                peer: None,
+                secret: None,
+            },
+        ],
+        shared_secret: Some(secret.clone()),
+        metrics_path: Some("/metrics".into()),
+        sweep_interval: Duration::from_secs(30),
+        replay_capacity: crate::escrow::auth::DEFAULT_REPLAY_CAPACITY,
+    })
+    .await
+    .context("starting the escrow")?;
+    let escrow_url = format!(
+        "https://127.0.0.1:{}/api/escrow",
+        escrow.local_addr().port()
+    );
+
+    let client = |id: &str| -> anyhow::Result<EscrowClientConfig> {
+        let mut tls = ClientTls::from_pem_files(&pki.ca(), Some((&pki.cert(id), &pki.key(id))))?;
+        tls.server_name = Some("localhost".into());
+        Ok(EscrowClientConfig {
+            base_url: escrow_url.clone(),
+            client_id: id.into(),
+            secret: secret.clone(),
+            tls: Some(tls),
+            request_timeout: Duration::from_secs(5),
+        })
+    };
+    let gateway = gateway::start(GatewayOptions {
+        data_dir: gateway_dir,
+        identity: gateway_identity,
+        http_listen: options.listen,
+        peer_listen: options.peer_listen,
+        accept: AcceptPolicy::AllowList([worker_peer].into_iter().collect()),
+        link: LinkConfig::default(),
+        core: GatewayConfig::default(),
+        session: SessionConfig::default(),
+        outbound_queue: 1024,
+        escrow: Some(client("gateway")?),
+        escrow_operator: Some(client("operator")?),
+        admin_token: None,
+    })
+    .await
+    .context("starting the gateway")?;
+
+    let url = format!("ws://{}/relay/{relay}", gateway.http_addr);
+    if options.json {
+        announce(format_args!(
+            "{}",
+            serde_json::json!({
+                "relayUrl": url,
+                "relayKey": relay.to_hex(),
+                "gateway": format!("http://{}", gateway.http_addr),
+                "peerLink": gateway.peer_addr.to_string(),
+                "gatewayKey": gateway.peer_id.to_hex(),
+                "escrow": escrow_url,
+                "dataDir": data.display().to_string(),
+            })
+        ));
+    } else {
+        announce(format_args!("hypergate is up (data in {})", data.display()));
+        announce(format_args!("relay:    {url}"));
+        announce(format_args!(
+            "gateway:  http://{}  (GET /health, /metrics)",
+            gateway.http_addr
+        ));
+        announce(format_args!("escrow:   {escrow_url}"));
+    }
+
+    let worker_run = worker::run(worker::RunOptions {
+        data_dir: worker_dir,
+        listen: "127.0.0.1:0".parse()?,
+        outbound_queue: 1024,
+        max_frame_bytes: SessionConfig::default().limits.max_frame_bytes,
+        gateway: Some(worker::GatewayOptions {
+            addr: gateway.peer_addr.to_string(),
+            key: gateway.peer_id,
+            escrow: Some(worker::EscrowOptions {
+                url: escrow_url,
+                client_id: "worker".into(),
+                secret_file: secret_path,
+                ca: Some(pki.ca()),
+                client_cert: Some((pki.cert("worker"), pki.key("worker"))),
+                redeposit_margin: Duration::from_secs(3600),
+            }),
+        }),
+    });
+    // The worker runs until the shutdown signal (it listens for it itself).
+    let result = worker_run.await;
+    gateway.shutdown().await;
+    escrow.shutdown().await;
+    result
+}
+
+fn first_relay(worker_dir: &Path) -> anyhow::Result<RelayKey> {
+    let relays = worker_dir.join("relays");
+    let mut keys: Vec<RelayKey> = std::fs::read_dir(&relays)
+        .with_context(|| format!("reading {}", relays.display()))?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    keys.sort();
+    match keys.first() {
+        Some(relay) => Ok(*relay),
+        None => bail!("{} hosts no relay", worker_dir.display()),
+    }
+}
+
+/// Creates `dir` (mode 0700) if needed.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+/// Writes `bytes` to a new file of mode 0600.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+fn load_or_create_secret(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    if !path.exists() {
+        let mut bytes = [0u8; 32];
+        OsRng
+            .try_fill_bytes(&mut bytes)
+            .map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+        write_private(path, hex::encode(bytes).as_bytes())?;
+    }
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+    );
+    Ok(Zeroizing::new(text.trim().as_bytes().to_vec()))
+}
+
+/// The local certificate authority of `up`: a CA, the escrow's server certificate, and a
+/// client certificate each for the gateway, the worker and the gateway's operator calls.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn load_or_mint(dir: &Path) -> anyhow::Result<Pki> {
+        let pki = Pki {
+            dir: dir.to_path_buf(),
+        };
+        if pki.ca().exists() {
+            return Ok(pki);
+        }
+        private_dir(dir)?;
+        // A run cut short while minting left some files but no CA: start over.
+        for name in ["escrow", "gateway", "worker", "operator"] {
+            for path in [pki.cert(name), pki.key(name)] {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("removing {}", path.display()));
+                    }
+                }
+            }
+        }
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "hypergate up local CA");
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+        let issue = |name: &str, sans: Vec<String>, usage| -> anyhow::Result<()> {
+            let mut params = CertificateParams::new(sans)?;
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate()?;
+            let cert = params.signed_by(&key, &ca)?;
+            write_private(&pki.key(name), key.serialize_pem().as_bytes())?;
+            write_private(&pki.cert(name), cert.pem().as_bytes())
+        };
+        issue(
+            "escrow",
+            vec!["localhost".into(), "127.0.0.1".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
+        issue("gateway", Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?;
+        issue("worker", Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?;
+        issue("operator", Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?;
+        // The CA last: its presence means the PKI is complete.
+        write_private(&pki.ca(), ca.pem().as_bytes())?;
+        Ok(pki)
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    fn cert(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.pem"))
+    }
+
+    fn key(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}-key.pem"))
+    }
+
+    fn server_files(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.cert("escrow"),
+            key: self.key("escrow"),
+            ca: self.ca(),
+        }
+    }
+}
+
+/// Prints a start-up line; a closed stdout must not stop the servers.
+fn announce(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}

@@ -1,0 +1,136 @@
+//! The gateway's operator surface as an operator uses it: `hypergate ctl` (a real process)
+//! against a real gateway with an admin token, a real escrow over mTLS and a real worker
+//! process: relays and replicas listed, a manual lease refused while the worker is healthy and
+//! granted once it is gone, the lease listed, then revoked at the escrow and ended at the
+//! gateway; the API refuses callers without the token.
+
+// Test helpers: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod escrow_support;
+mod gateway_support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use escrow_support::{Backend, Harness, Options};
+use gateway_support::{
+    BIN, GATEWAY_SEED, PATIENCE, escrow_config, eventually, http_get, identity, init_worker,
+    run_worker,
+};
+use hypergate_adapters::peer_link::{AcceptPolicy, LinkConfig};
+use hypergate_core::escrow::PolicyConfig;
+use hypergate_core::gateway::GatewayConfig;
+use hypergate_core::session::SessionConfig;
+use hypergate_tokio::gateway::GatewayOptions;
+use serde_json::Value;
+
+const TOKEN: &str = "operator-token-for-tests";
+
+/// `hypergate ctl --json …`: (success, parsed stdout or stderr text).
+fn ctl(gateway: &str, token_file: &std::path::Path, args: &[&str]) -> (bool, Value, String) {
+    let output = Command::new(BIN)
+        .args(["ctl", "--json", "--gateway", gateway, "--token-file"])
+        .arg(token_file)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    (
+        output.status.success(),
+        serde_json::from_str(stdout.trim()).unwrap_or(Value::Null),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_lists_requests_and_revokes_leases_with_ctl_and_needs_the_token() {
+    let options = Options {
+        policy: PolicyConfig {
+            peer_liveness_timeout: Duration::from_secs(1),
+            ..PolicyConfig::default()
+        },
+        ..Options::default()
+    };
+    let harness = Harness::start(Backend::Embedded, options).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let gateway = hypergate_tokio::gateway::start(GatewayOptions {
+        data_dir: data.path().join("gateway"),
+        identity: identity(GATEWAY_SEED),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        peer_listen: "127.0.0.1:0".parse().unwrap(),
+        accept: AcceptPolicy::Open,
+        link: LinkConfig::default(),
+        core: GatewayConfig::default(),
+        session: SessionConfig::default(),
+        outbound_queue: 1024,
+        escrow: Some(escrow_config(&harness, "gateway")),
+        escrow_operator: Some(escrow_config(&harness, "operator")),
+        admin_token: Some(TOKEN.into()),
+    })
+    .await
+    .unwrap();
+    let token_file = data.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let url = format!("http://{}", gateway.http_addr);
+
+    let worker_dir = data.path().join("worker");
+    let report = init_worker(&worker_dir);
+    let relay = report["relayKey"].as_str().unwrap().to_owned();
+    let mut worker = run_worker(&worker_dir, &gateway, Some(&harness));
+
+    // Without the token: 401 with a JSON error.
+    let refused = http_get(gateway.http_addr, "/api/relays").await;
+    assert!(refused.contains("admin token required"), "{refused}");
+
+    let listed = eventually(PATIENCE, async || {
+        let (ok, relays, _) = ctl(&url, &token_file, &["relays"]);
+        ok && relays["relays"][0]["relayKey"] == relay.as_str()
+            && relays["relays"][0]["escrowEnabled"] == true
+            && relays["relays"][0]["workers"][0]["linked"] == true
+    })
+    .await;
+    assert!(listed, "ctl relays never showed the worker's relay");
+    let (ok, replicas, _) = ctl(&url, &token_file, &["replicas"]);
+    assert!(ok);
+    assert_eq!(replicas["replicas"][0]["relayKey"], relay.as_str());
+
+    // A lease is refused while the worker is healthy (exit 1, the reason on stderr).
+    let (ok, _, stderr) = ctl(&url, &token_file, &["request-lease", &relay]);
+    assert!(!ok);
+    assert!(stderr.contains("409"), "{stderr}");
+
+    // The worker dies; after the escrow's liveness timeout the manual request is granted.
+    worker.kill();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let granted = eventually(PATIENCE, async || {
+        let (ok, _, _) = ctl(&url, &token_file, &["request-lease", &relay]);
+        let (_, leases, _) = ctl(&url, &token_file, &["leases"]);
+        ok && leases["leases"][0]["relayKey"] == relay.as_str()
+    })
+    .await;
+    assert!(granted, "the manual lease request was never granted");
+
+    // Revoked at the escrow, ended at the gateway.
+    let (ok, revoked, stderr) = ctl(&url, &token_file, &["revoke", &relay, "--reason", "drill"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        revoked["endedLease"]
+            .as_str()
+            .unwrap()
+            .starts_with("lease-")
+    );
+    assert!(
+        !revoked["escrow"]["revoked"].as_array().unwrap().is_empty(),
+        "{revoked}"
+    );
+    let (_, leases, _) = ctl(&url, &token_file, &["leases"]);
+    assert_eq!(leases["leases"], Value::Array(Vec::new()));
+
+    // A wrong token is refused by ctl with exit 1.
+    let wrong = data.path().join("wrong");
+    std::fs::write(&wrong, "nope").unwrap();
+    let (ok, _, stderr) = ctl(&url, &wrong, &["leases"]);
+    assert!(!ok);
+    assert!(stderr.contains("401"), "{stderr}");
+}
