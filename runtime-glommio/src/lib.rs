@@ -7,7 +7,10 @@
 //! use the tokio gateway) instead of glommio's opaque errors.
 //!
 //! - [`executor`]: memlock-aware executor start-up.
-//! - [`timers`]: the timer half of the core's drive loop on glommio timers.
+//! - [`timers`]: the timer half of the core's drive loop on glommio timers,
+//!   and [`timers::GlommioTimer`], the peer link's timer.
+//! - [`peer_link`]: the gateway⇄worker link over glommio TCP.
 
 pub mod executor;
+pub mod peer_link;
 pub mod timers;

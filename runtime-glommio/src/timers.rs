@@ -5,11 +5,45 @@
 //! hands every drained event to `on_event`, and repeats until `until`. It
 //! never fires a deadline early. The full glommio gateway adds sockets to
 //! the same loop; the core is untouched.
+//!
+//! [`GlommioTimer`] is the same timer as the peer link's
+//! [`Sleeper`]: a sleep started on it completes no earlier than asked. Like
+//! every glommio timer it works only on a glommio executor thread.
 
-use std::time::Instant;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use hypergate_adapters::clock::{Clock, SystemClock};
+use hypergate_adapters::peer_link::Sleeper;
 use hypergate_core::gateway::{Gateway, GatewayEvent};
+
+/// glommio's timer as the peer link's [`Sleeper`] (heartbeats, dead-peer and
+/// handshake timeouts). A named type, so a glommio link's type can be written
+/// down: `Established<TcpStream, GlommioTimer>`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GlommioTimer;
+
+/// One sleep of a [`GlommioTimer`]; the clock starts when it is created.
+#[derive(Debug)]
+pub struct GlommioSleep(glommio::timer::Timer);
+
+impl Sleeper for GlommioTimer {
+    type Sleep = GlommioSleep;
+
+    fn sleep(&self, duration: Duration) -> GlommioSleep {
+        GlommioSleep(glommio::timer::Timer::new(duration))
+    }
+}
+
+impl Future for GlommioSleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(|_fired_at| ())
+    }
+}
 
 /// Drives `gateway`'s timers on the current glommio executor until `until`.
 pub async fn run_timers_until(

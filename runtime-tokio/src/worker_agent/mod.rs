@@ -24,7 +24,8 @@
 //!   resync-complete, then rotation (owner-log batch `RemoveWriter` + `AddWriter`, revoke the
 //!   old deposit, deposit the new key).
 //! - **Escrow** (optional): the gateway writer's `WriterPackage` is sealed to the escrow's key,
-//!   signed with the relay key and deposited; re-deposited before it expires.
+//!   signed with the relay key and deposited; re-deposited before it expires (checked every
+//!   `advertise_interval`, connected or not).
 //! - **Status.** [`WorkerAgentHandle::status`] returns a [`WorkerStatus`] (JSON-serialisable).
 //! - **Sharing the logs.** The agent is the one owner of each relay's `RelayLogs`; another view
 //!   in the process (`hypergate worker run`'s local server) reads and appends through the handle

@@ -59,6 +59,7 @@ pub(crate) async fn run(config: WorkerAgentConfig, shared: Arc<Shared>) {
         };
         let established = tokio::select! {
             result = connect_with_backoff(dial, &mut backoff, &sleeper) => result,
+            never = keep_deposits_while_away(&config, &shared, &mut core) => match never {},
             () = shared.stop.notified() => return,
         };
         let established = match established {
@@ -466,6 +467,25 @@ async fn publish(shared: &Shared, core: &WorkerCore) {
     }
     status.pending_jobs = pending;
     status.rotations = core.rotations().cloned().collect();
+}
+
+/// While the gateway cannot be reached, keeps re-depositing before expiry: a worker cut off from
+/// the gateway is the case the escrow exists for. Never returns; dropped once a link is up (a
+/// deposit cut off then is at worst stored but unrecorded, and superseded by the next one).
+async fn keep_deposits_while_away(
+    config: &WorkerAgentConfig,
+    shared: &Shared,
+    core: &mut WorkerCore,
+) -> std::convert::Infallible {
+    let mut tick = tokio::time::interval(config.advertise_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate, and the deposits were just checked.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        ensure_deposits(config, shared, core).await;
+        publish(shared, core).await;
+    }
 }
 
 /// Deposits every gateway writer that has no deposit yet (or whose deposit expires within the
