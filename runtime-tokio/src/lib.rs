@@ -25,6 +25,7 @@ pub mod demo;
 pub mod driver;
 pub mod escrow;
 pub mod gateway;
+mod secret_file;
 pub mod up;
 pub mod worker;
 pub mod worker_agent;

@@ -22,18 +22,17 @@ use hypergate_core::escrow::PolicyConfig;
 use hypergate_core::gateway::GatewayConfig;
 use hypergate_core::ids::RelayKey;
 use hypergate_core::session::SessionConfig;
-use rand_core::{OsRng, TryRngCore};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair,
 };
-use zeroize::Zeroizing;
 
 use crate::escrow::auth::{ClientEntry, Role};
 use crate::escrow::client::ClientTls;
 use crate::escrow::config::{EscrowConfig, StoreChoice, TlsFiles};
 use crate::escrow::{EscrowClientConfig, EscrowServer};
 use crate::gateway::{self, GatewayOptions};
+use crate::secret_file::{load_or_create_secret, write_private};
 use crate::worker;
 
 /// `hypergate up`.
@@ -145,6 +144,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         outbound_queue: 1024,
         escrow: Some(client("gateway")?),
         escrow_operator: Some(client("operator")?),
+        token_secret: load_or_create_secret(&data.join("token-secret"))?,
         admin_token: None,
     })
     .await
@@ -220,35 +220,6 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating {}", dir.display()))
-}
-
-/// Writes `bytes` to a new file of mode 0600.
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    Ok(())
-}
-
-fn load_or_create_secret(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
-    if !path.exists() {
-        let mut bytes = [0u8; 32];
-        OsRng
-            .try_fill_bytes(&mut bytes)
-            .map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
-        write_private(path, hex::encode(bytes).as_bytes())?;
-    }
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
-    );
-    Ok(Zeroizing::new(text.trim().as_bytes().to_vec()))
 }
 
 /// The local certificate authority of `up`: a CA, the escrow's server certificate, and a

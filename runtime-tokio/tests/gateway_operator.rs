@@ -67,6 +67,7 @@ async fn an_operator_lists_requests_and_revokes_leases_with_ctl_and_needs_the_to
         escrow: Some(escrow_config(&harness, "gateway")),
         escrow_operator: Some(escrow_config(&harness, "operator")),
         admin_token: Some(TOKEN.into()),
+        token_secret: zeroize::Zeroizing::new(b"test token secret".to_vec()),
     })
     .await
     .unwrap();

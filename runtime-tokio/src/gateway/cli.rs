@@ -192,6 +192,9 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         escrow,
         escrow_operator,
         admin_token,
+        token_secret: crate::secret_file::load_or_create_secret(
+            &args.data_dir.join("token-secret"),
+        )?,
     })
     .await?;
     announce(format_args!(

@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::clients::{self, ClientConfig};
+use super::drive;
 use super::state::Shared;
 
 /// What the handlers share.
@@ -61,6 +62,15 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
             "/api/relays/{relay_key}/resync-complete",
             post(resync_complete),
         )
+        .route("/api/relay-tokens/issue", post(issue_token))
+        .route(
+            "/drive/{identifier}/{file}",
+            get(drive::get_drive).put(drive::put_drive).layer(
+                axum::extract::DefaultBodyLimit::max(drive::MAX_UPLOAD_BYTES + 1),
+            ),
+        )
+        .route("/pfp/{file}", get(drive::get_pfp))
+        .route("/pfp/{owner}/{file}", get(drive::get_owner_pfp))
         .route("/relay/{relay_key}", get(relay))
         .route("/{a}/{b}", get(relay_alias))
         .with_state(state)
@@ -437,6 +447,43 @@ async fn resync_complete(
     }
 }
 
+/// `POST /api/relay-tokens/issue` `{relayKey, pubkey?, ttlSeconds?}`: a client token for the
+/// relay's write routes (default TTL 3600 s, the original's).
+async fn issue_token(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(denied) = denied(&state, &headers) {
+        return denied;
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "body is not JSON");
+    };
+    let Some(relay) = body
+        .get("relayKey")
+        .and_then(Value::as_str)
+        .and_then(|key| key.parse::<RelayKey>().ok())
+    else {
+        return error(StatusCode::BAD_REQUEST, "relayKey (64 hex) is required");
+    };
+    let ttl = body
+        .get("ttlSeconds")
+        .and_then(Value::as_u64)
+        .unwrap_or(3600)
+        .clamp(1, 30 * 86_400);
+    let expires_at = state.shared.unix_now().0.saturating_add(ttl * 1000);
+    let sequence = state.shared.unix_now().0;
+    let token = state.shared.tokens.issue(
+        relay,
+        body.get("pubkey").and_then(Value::as_str),
+        expires_at,
+        sequence,
+    );
+    axum::Json(json!({ "token": token, "relayKey": relay.to_hex(), "expiresAt": expires_at }))
+        .into_response()
+}
+
 fn lease_list(state: &HttpState, relays: Option<&[RelayKey]>) -> Vec<Value> {
     let now = state.shared.clock_now();
     state.shared.read_core(|core| {
@@ -550,6 +597,6 @@ fn accepts_nostr_json(headers: &HeaderMap) -> bool {
         })
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
+pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "error": message }))).into_response()
 }

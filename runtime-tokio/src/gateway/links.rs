@@ -121,6 +121,7 @@ async fn serve_link(shared: Arc<Shared>, pulling: Arc<Pulling>, link: PeerLink, 
     tracing::info!(peer = %peer.short(), "worker linked");
     shared.with_core(|state, now| {
         state.outbound.insert(peer, out_tx);
+        state.links.insert(peer, link.clone());
         state.core.handle_link_up(peer, now);
     });
     while let Some(frame) = inbound.recv().await {
@@ -150,6 +151,17 @@ async fn serve_link(shared: Arc<Shared>, pulling: Arc<Pulling>, link: PeerLink, 
                 let answer = answer_range_request(&shared, &request).await;
                 let _ = link.send(Frame::new(id, answer)).await;
             }
+            Message::HttpRequest(request) => {
+                // Answered in its own task: a drive read must not hold up the link's frames.
+                let shared = Arc::clone(&shared);
+                let link = link.clone();
+                tokio::spawn(async move {
+                    let answer = super::drive::answer_link_request(&shared, peer, &request).await;
+                    let _ = link
+                        .send(Frame::new(id, Message::HttpResponse(answer)))
+                        .await;
+                });
+            }
             Message::MirrorProofRequest(request) => {
                 let answer = answer_proof(&shared, &request).await;
                 let _ = link.send(Frame::new(id, answer)).await;
@@ -163,6 +175,7 @@ async fn serve_link(shared: Arc<Shared>, pulling: Arc<Pulling>, link: PeerLink, 
     tracing::info!(peer = %peer.short(), reason = reason.as_deref().unwrap_or("ended"), "worker link down");
     shared.with_core(|state, now| {
         state.outbound.remove(&peer);
+        state.links.remove(&peer);
         state.core.handle_link_down(peer, now);
     });
     writer.abort();

@@ -16,12 +16,14 @@
 pub mod cli;
 mod clients;
 pub mod ctl;
+mod drive;
 mod escrow_link;
 mod http;
 mod links;
 mod metrics;
 mod replica;
 mod state;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +32,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use hypergate_adapters::clock::{Clock, SystemClock};
 use hypergate_adapters::crypto::Identity;
+use hypergate_adapters::drive::GatewayDrives;
 use hypergate_adapters::mirror::{MirrorConfig, MirrorStore};
 use hypergate_adapters::peer_link::{AcceptPolicy, LinkConfig};
 use hypergate_core::gateway::{Gateway, GatewayConfig};
@@ -38,6 +41,7 @@ use hypergate_core::session::SessionConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use zeroize::Zeroizing;
 
 use crate::escrow::{EscrowClient, EscrowClientConfig};
 
@@ -69,6 +73,8 @@ pub struct GatewayOptions {
     pub escrow_operator: Option<EscrowClientConfig>,
     /// The bearer token the `/api/` routes require; `None` leaves them open (loopback use).
     pub admin_token: Option<String>,
+    /// The secret client tokens (`PUT /drive`, join, auth callbacks) are signed with.
+    pub token_secret: Zeroizing<Vec<u8>>,
 }
 
 /// A running gateway.
@@ -132,6 +138,8 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<GatewayHandle> {
         options.data_dir.join("replica-index"),
         escrow,
         metrics::GatewayMetrics::new(),
+        GatewayDrives::open(&options.data_dir).context("opening the gateway drives")?,
+        tokens::TokenKeys::new(options.token_secret),
     );
 
     let peer_listener = TcpListener::bind(options.peer_listen)

@@ -21,7 +21,9 @@ use std::time::Instant;
 
 use hypergate_adapters::clock::{Clock, SystemClock};
 use hypergate_adapters::crypto::{Identity, LeaseVault};
+use hypergate_adapters::drive::GatewayDrives;
 use hypergate_adapters::mirror::{LeasedWriter, MirrorStore};
+use hypergate_adapters::peer_link::PeerLink;
 use hypergate_core::gateway::{Gateway, GatewayEvent, WriteId};
 use hypergate_core::ids::{PeerId, RelayKey};
 use hypergate_core::lease::LeaseEvent;
@@ -33,6 +35,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::escrow_link::EscrowLink;
 use super::metrics::GatewayMetrics;
 use super::replica::ReplicaHosts;
+use super::tokens::TokenKeys;
 
 /// What a client session hears from the drain.
 #[derive(Debug)]
@@ -61,6 +64,8 @@ pub(crate) struct CoreState {
     pub(crate) core: Gateway,
     /// Outbound frame queues of the peers whose links are up.
     pub(crate) outbound: BTreeMap<PeerId, mpsc::Sender<Frame>>,
+    /// The links themselves, for requests that wait for an answer (forwarded HTTP).
+    pub(crate) links: BTreeMap<PeerId, PeerLink>,
     /// Client sessions, by the router's id.
     pub(crate) sessions: BTreeMap<SessionId, mpsc::Sender<SessionSignal>>,
     /// Writes waiting for a lease request's answer.
@@ -80,11 +85,16 @@ pub(crate) struct Shared {
     pub(crate) replicas: ReplicaHosts,
     pub(crate) escrow: Option<EscrowLink>,
     pub(crate) metrics: GatewayMetrics,
+    /// The gateway's relay and pfp drives.
+    pub(crate) drives: tokio::sync::Mutex<GatewayDrives>,
+    /// Client tokens of the write routes.
+    pub(crate) tokens: TokenKeys,
     /// Wakes the timer task after an input (its deadline may have moved).
     pub(crate) timer: Notify,
 }
 
 impl Shared {
+    #[allow(clippy::too_many_arguments)] // one constructor, called once by `start`
     pub(crate) fn new(
         core: Gateway,
         identity: Identity,
@@ -92,6 +102,8 @@ impl Shared {
         replica_index_dir: PathBuf,
         escrow: Option<EscrowLink>,
         metrics: GatewayMetrics,
+        drives: GatewayDrives,
+        tokens: TokenKeys,
     ) -> Arc<Shared> {
         let mirror = Arc::new(tokio::sync::Mutex::new(mirror));
         let writers = Arc::new(tokio::sync::Mutex::new(BTreeMap::new()));
@@ -101,6 +113,7 @@ impl Shared {
             core: Mutex::new(CoreState {
                 core,
                 outbound: BTreeMap::new(),
+                links: BTreeMap::new(),
                 sessions: BTreeMap::new(),
                 waiting_writes: BTreeMap::new(),
                 next_write: 1,
@@ -113,6 +126,8 @@ impl Shared {
             replicas,
             escrow,
             metrics,
+            drives: tokio::sync::Mutex::new(drives),
+            tokens,
             timer: Notify::new(),
         })
     }

@@ -85,6 +85,7 @@ pub(crate) async fn start_gateway(
         escrow,
         escrow_operator: None,
         admin_token: None,
+        token_secret: zeroize::Zeroizing::new(b"test token secret".to_vec()),
     })
     .await
     .unwrap()
