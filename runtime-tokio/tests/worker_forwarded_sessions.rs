@@ -244,7 +244,7 @@ async fn a_live_forwarded_subscription_receives_events_published_later_on_the_lo
         .send(Message::text(event_frame(&from_local)))
         .await
         .unwrap();
-    let mut local_frames = vec![next_local(&mut local).await, next_local(&mut local).await];
+    let mut local_frames = [next_local(&mut local).await, next_local(&mut local).await];
     local_frames.sort_by_key(|frame| frame[0].as_str().unwrap().to_owned());
     assert_event(&local_frames[0], "live", &from_local);
     assert_ok(&local_frames[1], &from_local);

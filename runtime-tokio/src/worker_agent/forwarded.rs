@@ -285,3 +285,6 @@ async fn write_frames(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
