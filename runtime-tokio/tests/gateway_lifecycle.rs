@@ -80,13 +80,45 @@ async fn lifecycle(backend: Backend) {
     .await;
     assert!(deposited, "the worker never deposited its gateway writer");
 
+    // A client on the gateway, forwarded to the worker: it reads and publishes through it, and
+    // keeps a subscription open across the worker's death.
     let url = format!("ws://{}/relay/{relay}", gateway.http_addr);
-    worker.kill();
-    drop(local);
-    // TEMP: subscribed after the kill until forwarding lands.
     let mut follower = connect(&url).await;
     let before = query(&mut follower, "follow", r#"{"kinds":[1]}"#).await;
     assert_eq!(before.len(), 3, "{before:?}");
+    let forwarded = signed_event(7, 1_700_000_050, 1, Vec::new(), "through the gateway");
+    let ok = publish(&mut follower, &forwarded.to_json()).await;
+    assert_eq!(ok[2], true, "{ok}");
+    ids.push(forwarded.id.to_hex());
+    // It reached the worker itself (its local socket serves it).
+    let local_copy = query(
+        &mut local,
+        "direct",
+        &format!(r#"{{"ids":["{}"]}}"#, forwarded.id.to_hex()),
+    )
+    .await;
+    assert_eq!(local_copy.len(), 1);
+    // … and its own live copy arrives on the open subscription once.
+    let echoed = loop {
+        let frame = next(&mut follower).await;
+        if frame[0] == "EVENT" {
+            break frame;
+        }
+    };
+    assert_eq!(echoed[2]["id"], forwarded.id.to_hex().as_str());
+    let mirrored_all = eventually(PATIENCE, async || {
+        let replicas = get_json(gateway.http_addr, "/api/blind-peer/replicas").await;
+        replicas["replicas"][0]["cores"].as_array().is_some_and(|cores| {
+            cores
+                .iter()
+                .any(|core| core["type"] == "writer" && core["localLength"] == 4)
+        })
+    })
+    .await;
+    assert!(mirrored_all, "the forwarded event never reached the mirror");
+
+    worker.kill();
+    drop(local);
 
     // The same REQ on a new connection is served from the mirror, newest first.
     let mut reader = connect(&url).await;

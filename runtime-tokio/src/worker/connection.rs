@@ -1,5 +1,5 @@
-//! One client WebSocket: feeds frames to a core [`Session`], lets the relay's [`RelayHost`]
-//! execute its effects, and sends its frames.
+//! One client WebSocket: feeds frames to a core `Session` through a [`SessionPump`] (the same
+//! pump the agent's forwarded sessions use), and sends its frames.
 //!
 //! Contract:
 //! - **No client can stall another.** Frames go out through a bounded queue drained by a
@@ -11,19 +11,12 @@
 //!   session has effects to execute (a publish holds it until the append is durable).
 //! - When the connection ends, for whatever reason, its live subscriptions are unregistered.
 
-use std::sync::Arc;
-use std::time::Instant;
-
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use hypergate_adapters::index::{LiveMessage, SubscriberId};
-use hypergate_adapters::relay::{HostedSession, LiveStarted, RelayHost};
-use hypergate_core::nostr::{SignatureVerifier, SubscriptionId};
-use hypergate_core::session::{Session, SessionConfig};
-use tokio::sync::{Mutex, mpsc, watch};
-use tokio::task::JoinSet;
+use hypergate_core::session::SessionConfig;
+use tokio::sync::{mpsc, watch};
 
-use super::WorkerStore;
+use super::session_pump::{Ending, SessionPump, SharedHost};
 
 /// Bounds of one connection.
 #[derive(Debug, Clone, Copy)]
@@ -37,15 +30,10 @@ pub struct ConnectionConfig {
 /// How long a closing connection may take to flush its queued frames.
 const FLUSH_ON_CLOSE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Live messages waiting for the connection task, across all its subscriptions.
-const LIVE_CHANNEL: usize = 256;
-
-type LiveItem = (SubscriptionId, SubscriberId, LiveMessage);
-
 /// Serves one upgraded WebSocket until it closes, the client is too slow, or shutdown.
 pub(super) async fn serve(
     socket: WebSocket,
-    host: Arc<Mutex<RelayHost<WorkerStore>>>,
+    host: SharedHost,
     config: ConnectionConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -59,51 +47,36 @@ pub(super) async fn serve(
         }
         let _ = sink.close().await;
     });
-    let (live_tx, mut live_rx) = mpsc::channel::<LiveItem>(LIVE_CHANNEL);
-    let mut forwarders = JoinSet::new();
-    let mut conn = HostedSession::new(Session::new(config.session, SignatureVerifier::new()));
+    let mut pump = SessionPump::new(host, config.session);
 
-    let ending = 'conn: loop {
+    let ending = loop {
         tokio::select! {
             incoming = stream.next() => match incoming {
-                Some(Ok(Message::Text(text))) => {
-                    conn.session_mut().handle_client_text(text.as_str(), Instant::now());
-                }
-                Some(Ok(Message::Binary(_))) => {
-                    conn.session_mut().handle_client_binary(Instant::now());
-                }
+                Some(Ok(Message::Text(text))) => pump.handle_text(text.as_str()),
+                Some(Ok(Message::Binary(_))) => pump.handle_binary(),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Ok(Message::Close(_))) | None => break 'conn Ending::Closed,
+                Some(Ok(Message::Close(_))) | None => break Ending::Closed,
                 Some(Err(error)) => {
                     tracing::debug!(%error, "websocket read failed");
-                    break 'conn Ending::Closed;
+                    break Ending::Closed;
                 }
             },
-            Some((subscription, subscriber, message)) = live_rx.recv() => {
-                conn.handle_live(&subscription, subscriber, &message);
-            }
-            _ = shutdown.changed() => break 'conn Ending::Closed,
+            Some(item) = pump.next_live() => pump.handle_live(item),
+            _ = shutdown.changed() => break Ending::Closed,
         }
-        if conn.session().has_pending_effects() {
-            let driven = host.lock().await.drive(&mut conn).await;
-            for failure in driven.failures {
-                tracing::warn!(%failure, "relay storage failed while answering a client");
-            }
-            for live in driven.started {
-                forwarders.spawn(forward(live, live_tx.clone()));
-            }
-        }
-        while let Some(frame) = conn.session_mut().poll_transmit() {
-            match out_tx.try_send(Message::text(frame.to_json())) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => break 'conn Ending::TooSlow,
-                Err(mpsc::error::TrySendError::Closed(_)) => break 'conn Ending::Closed,
-            }
+        let queued = pump
+            .settle(|frame| match out_tx.try_send(Message::text(frame)) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => Err(Ending::TooSlow),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(Ending::Closed),
+            })
+            .await;
+        if let Err(ending) = queued {
+            break ending;
         }
     };
 
-    forwarders.abort_all();
-    host.lock().await.end_session(conn);
+    pump.end().await;
     drop(out_tx);
     match ending {
         Ending::TooSlow => {
@@ -120,24 +93,6 @@ pub(super) async fn serve(
             if tokio::time::timeout(FLUSH_ON_CLOSE, writer).await.is_err() {
                 abort.abort();
             }
-        }
-    }
-}
-
-/// Why a connection ended.
-enum Ending {
-    /// The client closed, the socket failed, or the worker shuts down.
-    Closed,
-    /// The client let its outbound queue fill.
-    TooSlow,
-}
-
-/// Moves one live subscription's messages to the connection task; ends with the subscription.
-async fn forward(live: LiveStarted, to: mpsc::Sender<LiveItem>) {
-    while let Some(message) = live.receiver.recv().await {
-        let item = (live.subscription.clone(), live.subscriber, message);
-        if to.send(item).await.is_err() {
-            return;
         }
     }
 }

@@ -15,7 +15,9 @@
 //!   The agent owns every relay's logs; the server reads and appends through its handle (see
 //!   [`store`]), so events published locally are advertised to the gateway's mirror, and a
 //!   task per relay catches the server's view up whenever the agent changed the logs (gateway
-//!   writes ingested at resync, rotations).
+//!   writes ingested at resync, rotations). The agent also serves the NIP-01 sessions the
+//!   gateway forwards over the link, on the same relay hosts as the local server (see
+//!   [`crate::worker_agent::ForwardedSessions`]).
 //! - `run` serves `GET /status`: the [`WorkerStatus`] as JSON (the agent's, or without a
 //!   gateway one that lists the relays and `gatewayConnected: false`). `status` fetches it and
 //!   prints it as a table or (`--json`) as it came; unreachable: exit 1.
@@ -24,6 +26,7 @@ mod connection;
 pub mod data_dir;
 mod gateway;
 mod server;
+pub(crate) mod session_pump;
 pub mod status;
 pub mod store;
 
@@ -45,10 +48,11 @@ use tokio::sync::{Mutex, watch};
 pub use connection::ConnectionConfig;
 pub use data_dir::DataDir;
 pub use gateway::{EscrowOptions, GatewayOptions};
+pub use session_pump::SharedHost;
 pub use status::{StatusOptions, status};
 pub use store::WorkerStore;
 
-use crate::worker_agent::{self, WorkerAgentHandle, WorkerStatus};
+use crate::worker_agent::{self, ForwardedSessions, WorkerAgentHandle, WorkerStatus};
 
 /// Live events queued per subscription in the relay's feed before it is dropped as too slow.
 const LIVE_QUEUE: usize = 1024;
@@ -168,6 +172,17 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         }
         served.insert(relay, server::ServedRelay { host, information });
     }
+    let connection = ConnectionConfig {
+        session,
+        outbound_queue: options.outbound_queue,
+    };
+    if let Some(agent) = &agent {
+        let hosts = served
+            .iter()
+            .map(|(relay, served)| (*relay, Arc::clone(&served.host)))
+            .collect();
+        agent.serve_forwarded_sessions(ForwardedSessions::new(hosts, connection));
+    }
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("listening on {}", options.listen))?;
@@ -193,10 +208,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let state = Arc::new(server::ServerState {
         relays: served,
-        connection: ConnectionConfig {
-            session,
-            outbound_queue: options.outbound_queue,
-        },
+        connection,
         shutdown,
         status,
     });
@@ -251,6 +263,7 @@ fn standalone_status(
         pending_jobs: 0,
         rotations: Vec::new(),
         refused_pushes: 0,
+        forwarded_sessions: 0,
     }
 }
 

@@ -104,6 +104,11 @@ fn table(status: &Value) -> String {
     );
     let _ = writeln!(out, "pending jobs      {}", text(&status["pendingJobs"]));
     let _ = writeln!(out, "refused pushes    {}", text(&status["refusedPushes"]));
+    let _ = writeln!(
+        out,
+        "forwarded         {} sessions",
+        text(&status["forwardedSessions"])
+    );
     let empty = Vec::new();
     for relay in status["relays"].as_array().unwrap_or(&empty) {
         let _ = writeln!(out, "\nrelay {}", text(&relay["relayKey"]));
@@ -159,7 +164,7 @@ mod tests {
     fn table_lists_each_core_with_its_lag() {
         let status = serde_json::json!({
             "worker": "aa", "gatewayConnected": true, "connects": 1, "pendingJobs": 0,
-            "refusedPushes": 0, "rotations": [],
+            "refusedPushes": 0, "forwardedSessions": 2, "rotations": [],
             "relays": [{"relayKey": "bb", "jobState": "idle", "gatewayWriter": "cc",
                 "escrowId": null, "cores": [{"coreKey": "0123456789abcdef0123", "role": "owner",
                 "length": 3, "mirrored": 1, "lagBlocks": 2}]}]
@@ -167,6 +172,7 @@ mod tests {
         let table = table(&status);
         assert!(table.contains("connected (connects: 1)"));
         assert!(table.contains("relay bb"));
+        assert!(table.contains("forwarded         2 sessions"));
         let row = table
             .lines()
             .find(|l| l.contains("0123456789abcdef"))

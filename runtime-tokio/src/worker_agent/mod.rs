@@ -26,6 +26,11 @@
 //! - **Escrow** (optional): the gateway writer's `WriterPackage` is sealed to the escrow's key,
 //!   signed with the relay key and deposited; re-deposited before it expires (checked every
 //!   `advertise_interval`, connected or not).
+//! - **Forwarded sessions.** Once given the relay hosts
+//!   ([`WorkerAgentHandle::serve_forwarded_sessions`]), the agent serves the NIP-01 sessions the
+//!   gateway forwards as `NostrFrame`s against the same hosts as the local server ([`forwarded`]
+//!   has the contract); until then, and for relays it does not host, it answers each new
+//!   session with the empty "session ended" frame.
 //! - **Status.** [`WorkerAgentHandle::status`] returns a [`WorkerStatus`] (JSON-serialisable).
 //! - **Sharing the logs.** The agent is the one owner of each relay's `RelayLogs`; another view
 //!   in the process (`hypergate worker run`'s local server) reads and appends through the handle
@@ -33,6 +38,7 @@
 //!   when [`WorkerAgentHandle::log_changes`] moves.
 
 mod effects;
+mod forwarded;
 pub mod keys;
 pub mod mirror;
 mod session;
@@ -41,6 +47,7 @@ mod status;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
@@ -55,6 +62,7 @@ use tokio::sync::{Mutex, Notify, watch};
 
 use crate::escrow::EscrowClient;
 
+pub use forwarded::ForwardedSessions;
 pub use keys::RelayKeys;
 pub use mirror::{
     MirrorWireError, answer_proof_request, answer_range, decode_mirror_response,
@@ -161,6 +169,10 @@ pub(crate) struct Shared {
     /// Bumped after every resync step the agent ran against the logs (ingests, owner-log
     /// rotations): views kept beside the agent (the local server's) catch up on it.
     pub(crate) revision: watch::Sender<u64>,
+    /// What forwarded sessions are served from; `None` until the handle is given hosts.
+    pub(crate) forwarded: std::sync::Mutex<Option<Arc<ForwardedSessions>>>,
+    /// Forwarded sessions whose tasks run, across links.
+    pub(crate) forwarded_open: Arc<AtomicUsize>,
 }
 
 /// The relays directory inside a data directory.
@@ -222,6 +234,8 @@ pub async fn start(config: WorkerAgentConfig) -> Result<WorkerAgentHandle, Agent
         changed: Notify::new(),
         stop: Notify::new(),
         revision: watch::Sender::new(0),
+        forwarded: std::sync::Mutex::new(None),
+        forwarded_open: Arc::new(AtomicUsize::new(0)),
     });
     let task = tokio::spawn(session::run(config, Arc::clone(&shared)));
     Ok(WorkerAgentHandle {
@@ -274,10 +288,12 @@ impl WorkerAgentHandle {
     /// A snapshot for `hypergate worker status`.
     #[must_use]
     pub fn status(&self) -> WorkerStatus {
-        match self.shared.shared.status.lock() {
+        let mut status = match self.shared.shared.status.lock() {
             Ok(state) => state.snapshot(),
             Err(poisoned) => poisoned.into_inner().snapshot(),
-        }
+        };
+        status.forwarded_sessions = self.shared.shared.forwarded_open.load(Ordering::Relaxed);
+        status
     }
 
     /// Appends events to the worker's own writer log of `relay` (verified by the caller's NIP-01
@@ -329,6 +345,17 @@ impl WorkerAgentHandle {
             .get_mut(&relay)
             .ok_or(AgentError::UnknownRelay(relay))?;
         Ok(read(&mut hosted.logs).await)
+    }
+
+    /// Serves the NIP-01 sessions the gateway forwards over the link from now on, from
+    /// `sessions`' hosts (the local server's, so both surfaces share live subscribers).
+    /// Sessions already open keep the hosts they started with.
+    pub fn serve_forwarded_sessions(&self, sessions: ForwardedSessions) {
+        let sessions = Some(Arc::new(sessions));
+        match self.shared.shared.forwarded.lock() {
+            Ok(mut forwarded) => *forwarded = sessions,
+            Err(poisoned) => *poisoned.into_inner() = sessions,
+        }
     }
 
     /// Stops the agent: the link is dropped, the task ends.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use hypergate_adapters::peer_link::{
     Backoff, CloseCode, Inbound, PeerLink, connect, connect_with_backoff,
 };
-use hypergate_core::ids::{PeerId, RelayKey};
+use hypergate_core::ids::RelayKey;
 use hypergate_core::wire::{
     BoundedString, BoundedVec, Capability, CoreAdvert, CoreRole, ErrorCode, ErrorMessage,
     EscrowRegistration, Frame, Heartbeat, Hello, Message, MirrorAdvertise, MirrorProofRequest,
@@ -18,11 +18,12 @@ use hypergate_core::worker::{WorkerCore, WorkerEvent};
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
 use super::effects::{self, EffectContext};
+use super::forwarded::LinkSessions;
 use super::mirror::{answer_proof_request, answer_range};
 use super::{Shared, WorkerAgentConfig};
 
 /// Id of frames this side sends unsolicited (below the link's own request ids).
-const UNSOLICITED_ID: u64 = 0;
+pub(super) const UNSOLICITED_ID: u64 = 0;
 
 fn sleeper(duration: Duration) -> tokio::time::Sleep {
     tokio::time::sleep(duration)
@@ -123,6 +124,8 @@ async fn serve(
     }
     core.handle_gateway_connected(now);
     drive(config, shared, core, link).await;
+    // Dropped when this link ends, which ends every session forwarded over it.
+    let mut sessions = LinkSessions::new(Arc::clone(&shared.forwarded_open));
     let mut tick = tokio::time::interval(config.advertise_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -136,7 +139,7 @@ async fn serve(
         tokio::select! {
             frame = inbound.recv() => {
                 let Some(frame) = frame else { return false };
-                handle_frame(config, shared, core, link, inbound.remote(), frame).await;
+                handle_frame(config, shared, core, link, &mut sessions, frame).await;
             }
             () = shared.changed.notified() => {
                 let _ = advertise(shared, link).await;
@@ -280,11 +283,24 @@ async fn handle_frame(
     shared: &Shared,
     core: &mut WorkerCore,
     link: &PeerLink,
-    remote: PeerId,
+    sessions: &mut LinkSessions,
     frame: Frame,
 ) {
+    let remote = link.remote();
     let id = frame.request_id;
     let answer = match frame.message {
+        Message::NostrFrame(forwarded) => {
+            let served = match shared.forwarded.lock() {
+                Ok(served) => served.clone(),
+                Err(poisoned) => poisoned.into_inner().clone(),
+            };
+            if let Some(ended) = sessions.route(served.as_deref(), link, forwarded) {
+                let _ = link
+                    .send(Frame::new(UNSOLICITED_ID, Message::NostrFrame(ended)))
+                    .await;
+            }
+            return;
+        }
         Message::PendingWritePush(push) if remote == config.gateway_key => {
             let ack = core.handle_push(remote, &push, Instant::now());
             Message::PushAck(ack)

@@ -82,6 +82,9 @@ pub struct WorkerStatus {
     pub rotations: Vec<RotationEntry>,
     /// Pushes refused because they did not come from the pinned gateway.
     pub refused_pushes: u64,
+    /// NIP-01 sessions the gateway forwards that are being served right now (a session
+    /// counts until its live subscriptions are unregistered).
+    pub forwarded_sessions: usize,
 }
 
 /// The mutable status the run task maintains.
@@ -133,6 +136,7 @@ impl StatusState {
             pending_jobs: self.pending_jobs,
             rotations: self.rotations.iter().map(entry).collect(),
             refused_pushes: self.refused_pushes,
+            forwarded_sessions: 0,
         }
     }
 }

@@ -20,15 +20,15 @@ use hypergate_core::gateway::{Gateway, GatewayConfig};
 use hypergate_core::ids::{PeerId, RelayKey};
 use hypergate_core::time::UnixTime;
 use hypergate_core::wire::{
-    CoreAdvert, Frame, MAX_MIRROR_BLOCKS_PER_RANGE, Message, ResyncAck, ResyncComplete,
-    ResyncStatus,
+    BoundedString, CoreAdvert, Frame, MAX_MIRROR_BLOCKS_PER_RANGE, Message, NostrFrame, ResyncAck,
+    ResyncComplete, ResyncStatus,
 };
 use hypergate_core::worker::WorkerConfig;
 use hypergate_tokio::worker_agent::{
     self, EscrowSettings, WorkerAgentConfig, WorkerAgentHandle, answer_proof_request, answer_range,
     decode_mirror_response, proof_request,
 };
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc};
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
 pub(crate) fn sleeper(duration: Duration) -> tokio::time::Sleep {
@@ -60,6 +60,9 @@ pub(crate) struct GatewayState {
     /// When set, a core is pulled only while the mirror holds fewer blocks than this (0: no
     /// pulls): lets a test stop the mirror after one response, mid-backlog.
     pub(crate) hold_at: Option<u64>,
+    /// Forwarded NIP-01 sessions opened with [`TestGateway::forward_session`]: where the
+    /// worker's `NostrFrame`s for each go.
+    pub(crate) forwarded: BTreeMap<(RelayKey, u64), mpsc::UnboundedSender<String>>,
 }
 
 pub(crate) struct TestGateway {
@@ -90,6 +93,7 @@ impl TestGateway {
             resyncs: Vec::new(),
             pulling: BTreeSet::new(),
             hold_at: None,
+            forwarded: BTreeMap::new(),
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -126,6 +130,27 @@ impl TestGateway {
             state,
             dir,
             task,
+        }
+    }
+
+    /// A client session forwarded to `worker` for `relay` under id `session`, as the gateway
+    /// would: frames go out one-way with request id 0, the worker's frames for it are
+    /// collected. Needs the link to be up.
+    pub(crate) async fn forward_session(
+        &self,
+        worker: PeerId,
+        relay: RelayKey,
+        session: u64,
+    ) -> ForwardedClient {
+        let (frames_tx, frames) = mpsc::unbounded_channel();
+        let mut state = self.state.lock().await;
+        state.forwarded.insert((relay, session), frames_tx);
+        let link = state.links.get(&worker).cloned().unwrap();
+        ForwardedClient {
+            link,
+            relay,
+            session,
+            frames,
         }
     }
 
@@ -183,6 +208,15 @@ async fn serve_link(
                     None => panic!("the worker asked for a core the gateway does not write"),
                 };
                 let _ = link.send(Frame::new(id, answer)).await;
+            }
+            Message::NostrFrame(forwarded) => {
+                let gateway = state.lock().await;
+                if let Some(client) = gateway
+                    .forwarded
+                    .get(&(forwarded.relay_key, forwarded.session))
+                {
+                    let _ = client.send(forwarded.frame.into_inner());
+                }
             }
             Message::ResyncComplete(done) => {
                 let mut gateway = state.lock().await;
@@ -336,4 +370,46 @@ pub(crate) async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> 
 
 pub(crate) fn relay_of(status: &worker_agent::WorkerStatus) -> RelayKey {
     status.relays[0].relay_key.parse().unwrap()
+}
+
+/// One client session the test gateway forwards to a worker.
+pub(crate) struct ForwardedClient {
+    pub(crate) link: PeerLink,
+    pub(crate) relay: RelayKey,
+    pub(crate) session: u64,
+    frames: mpsc::UnboundedReceiver<String>,
+}
+
+impl ForwardedClient {
+    /// Forwards one client frame (an empty `text` ends the session).
+    pub(crate) async fn send(&self, text: &str) {
+        let frame = NostrFrame {
+            relay_key: self.relay,
+            session: self.session,
+            frame: BoundedString::new(text).unwrap(),
+        };
+        self.link
+            .send(Frame::new(0, Message::NostrFrame(frame)))
+            .await
+            .unwrap();
+    }
+
+    /// Tells the worker the client went away.
+    pub(crate) async fn end(&self) {
+        self.send("").await;
+    }
+
+    /// The worker's next frame for this session (`""`: the worker ended it); `None` if
+    /// nothing came within `patience`.
+    pub(crate) async fn next(&mut self, patience: Duration) -> Option<String> {
+        tokio::time::timeout(patience, self.frames.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// A frame that has already arrived, without waiting.
+    pub(crate) fn try_next(&mut self) -> Option<String> {
+        self.frames.try_recv().ok()
+    }
 }
