@@ -108,11 +108,13 @@ async fn lifecycle(backend: Backend) {
     assert_eq!(echoed[2]["id"], forwarded.id.to_hex().as_str());
     let mirrored_all = eventually(PATIENCE, async || {
         let replicas = get_json(gateway.http_addr, "/api/blind-peer/replicas").await;
-        replicas["replicas"][0]["cores"].as_array().is_some_and(|cores| {
-            cores
-                .iter()
-                .any(|core| core["type"] == "writer" && core["localLength"] == 4)
-        })
+        replicas["replicas"][0]["cores"]
+            .as_array()
+            .is_some_and(|cores| {
+                cores
+                    .iter()
+                    .any(|core| core["type"] == "writer" && core["localLength"] == 4)
+            })
     })
     .await;
     assert!(mirrored_all, "the forwarded event never reached the mirror");
