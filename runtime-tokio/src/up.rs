@@ -142,6 +142,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         core: GatewayConfig::default(),
         session: SessionConfig::default(),
         outbound_queue: 1024,
+        limits: gateway::ClientLimits::default(),
         escrow: Some(client("gateway")?),
         escrow_operator: Some(client("operator")?),
         token_secret: load_or_create_secret(&data.join("token-secret"))?,

@@ -64,6 +64,7 @@ async fn an_operator_lists_requests_and_revokes_leases_with_ctl_and_needs_the_to
         core: GatewayConfig::default(),
         session: SessionConfig::default(),
         outbound_queue: 1024,
+        limits: hypergate_tokio::gateway::ClientLimits::default(),
         escrow: Some(escrow_config(&harness, "gateway")),
         escrow_operator: Some(escrow_config(&harness, "operator")),
         admin_token: Some(TOKEN.into()),

@@ -57,6 +57,23 @@ pub struct GatewayArgs {
     /// Frames queued per client before it counts as too slow and is disconnected.
     #[arg(long, default_value_t = 1024, env = "HYPERGATE_GATEWAY_OUTBOUND_QUEUE")]
     pub outbound_queue: usize,
+    /// Open WebSocket connections one client address may hold.
+    #[arg(
+        long,
+        default_value_t = 256,
+        env = "HYPERGATE_GATEWAY_CONNECTIONS_PER_IP"
+    )]
+    pub connections_per_ip: usize,
+    /// Sustained client frames per second per connection.
+    #[arg(
+        long,
+        default_value_t = 200,
+        env = "HYPERGATE_GATEWAY_FRAMES_PER_SECOND"
+    )]
+    pub frames_per_second: u32,
+    /// Burst of client frames above the sustained rate.
+    #[arg(long, default_value_t = 400, env = "HYPERGATE_GATEWAY_FRAME_BURST")]
+    pub frame_burst: u32,
     /// The escrow's base URL (`https://host:port/api/escrow`); without it the gateway never
     /// writes while workers are away.
     #[arg(long, env = "ESCROW_BASE_URL", requires_all = ["escrow_client_id", "escrow_secret_file"])]
@@ -189,6 +206,11 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         core: GatewayConfig::default(),
         session,
         outbound_queue: args.outbound_queue,
+        limits: super::ClientLimits {
+            connections_per_ip: args.connections_per_ip,
+            frames_per_second: args.frames_per_second,
+            frame_burst: args.frame_burst,
+        },
         escrow,
         escrow_operator,
         admin_token,

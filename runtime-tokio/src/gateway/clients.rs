@@ -60,6 +60,43 @@ const LEASE_WAIT: Duration = Duration::from_secs(30);
 pub(crate) struct ClientConfig {
     pub(crate) session: SessionConfig,
     pub(crate) outbound_queue: usize,
+    /// Sustained client frames per second; beyond it frames are refused (`rate-limited:`).
+    pub(crate) frames_per_second: u32,
+    /// Frames a client may send in a burst above the sustained rate.
+    pub(crate) frame_burst: u32,
+}
+
+/// A token bucket: `rate` tokens a second up to `burst`; one frame costs one token.
+struct FrameBudget {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl FrameBudget {
+    fn new(rate: u32, burst: u32, now: std::time::Instant) -> FrameBudget {
+        let burst = f64::from(burst.max(1));
+        FrameBudget {
+            rate: f64::from(rate.max(1)),
+            burst,
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    /// Whether a frame may pass at `now` (and spends its token).
+    fn admit(&mut self, now: std::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 type LiveItem = (SubscriptionId, SubscriberId, LiveMessage);
@@ -141,6 +178,8 @@ struct Client {
 enum Ending {
     Closed,
     TooSlow,
+    /// Closed by the gateway with this WebSocket close code and reason.
+    Refused(u16, &'static str),
 }
 
 /// Serves one upgraded WebSocket for the relay named `relay_name` (key or alias).
@@ -149,9 +188,19 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     relay_name: String,
     config: ClientConfig,
+    refusal: Option<(u16, &'static str)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (mut sink, mut stream) = socket.split();
+    if let Some((code, reason)) = refusal {
+        let _ = sink
+            .send(WsMessage::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+        return;
+    }
     let (signal_tx, mut signals) = mpsc::channel(SIGNAL_QUEUE);
     let opened = shared.with_core(|state, now| {
         let session = state
@@ -168,7 +217,7 @@ pub(crate) async fn serve(
             let _ = sink
                 .send(WsMessage::Close(Some(CloseFrame {
                     code: 4404,
-                    reason: "relay not found".into(),
+                    reason: "Relay not registered".into(),
                 })))
                 .await;
             return;
@@ -186,6 +235,11 @@ pub(crate) async fn serve(
         let _ = sink.close().await;
     });
     let (live_tx, mut live_rx) = mpsc::channel::<LiveItem>(LIVE_CHANNEL);
+    let mut budget = FrameBudget::new(
+        config.frames_per_second,
+        config.frame_burst,
+        shared.clock_now(),
+    );
     let mut client = Client {
         shared: Arc::clone(&shared),
         config,
@@ -202,7 +256,13 @@ pub(crate) async fn serve(
     let ending = loop {
         let step = tokio::select! {
             incoming = stream.next() => match incoming {
-                Some(Ok(WsMessage::Text(text))) => client.on_client_text(text.as_str()).await,
+                Some(Ok(WsMessage::Text(text))) => {
+                    if budget.admit(shared.clock_now()) {
+                        client.on_client_text(text.as_str()).await
+                    } else {
+                        client.refuse_rate_limited(text.as_str())
+                    }
+                }
                 Some(Ok(WsMessage::Binary(_))) => {
                     client.send(&RelayMessage::Notice("binary frames are not supported".into()))
                 }
@@ -228,6 +288,7 @@ pub(crate) async fn serve(
     };
 
     client.leave_mode().await;
+    let out_close = client.out.clone();
     shared.with_core(|state, now| {
         state.sessions.remove(&session);
         let _ = state.core.close_session(session, now);
@@ -235,11 +296,25 @@ pub(crate) async fn serve(
     shared.metrics.client_disconnected();
     drop(client);
     match ending {
+        Ending::Refused(code, reason) => {
+            // The close frame goes after whatever was queued; then the writer closes.
+            let _ = out_close.try_send(WsMessage::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })));
+            drop(out_close);
+            let abort = writer.abort_handle();
+            if tokio::time::timeout(FLUSH_ON_CLOSE, writer).await.is_err() {
+                abort.abort();
+            }
+        }
         Ending::TooSlow => {
+            drop(out_close);
             tracing::info!("client disconnected: it did not read its frames");
             writer.abort();
         }
         Ending::Closed => {
+            drop(out_close);
             let abort = writer.abort_handle();
             if tokio::time::timeout(FLUSH_ON_CLOSE, writer).await.is_err() {
                 abort.abort();
@@ -333,6 +408,26 @@ impl Client {
         });
     }
 
+    /// Answers a frame over the connection's rate: `OK false` for an EVENT, `CLOSED` for a
+    /// REQ, a NOTICE otherwise; nothing is executed.
+    fn refuse_rate_limited(&self, text: &str) -> Result<(), Ending> {
+        let detail = "rate-limited: slow down";
+        match ClientMessage::parse(text, &self.config.session.limits) {
+            Ok(ClientMessage::Event(event)) => self.send(&RelayMessage::Ok {
+                event_id: event.id,
+                accepted: false,
+                message: detail.into(),
+            }),
+            Ok(ClientMessage::Req {
+                subscription_id, ..
+            }) => self.send(&RelayMessage::Closed {
+                subscription_id,
+                message: detail.into(),
+            }),
+            _ => self.send(&RelayMessage::Notice(detail.into())),
+        }
+    }
+
     fn refuse_unavailable(&self, text: &str) -> Result<(), Ending> {
         let detail = "no worker and no replica of this relay is available";
         match ClientMessage::parse(text, &self.config.session.limits) {
@@ -400,12 +495,10 @@ impl Client {
                 }
             }
             SessionSignal::Unavailable => {
-                let held = self.leave_mode().await;
+                // The original's close: neither a worker nor a replica can serve the relay.
+                let _ = self.leave_mode().await;
                 self.mode = Mode::Unavailable;
-                for text in held {
-                    self.dispatch(text).await?;
-                }
-                Ok(())
+                Err(Ending::Refused(1013, "No peers available"))
             }
             SessionSignal::FromWorker(peer, text) => {
                 if !matches!(self.mode, Mode::Peer(current) if current == peer) {

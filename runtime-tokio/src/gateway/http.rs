@@ -12,12 +12,14 @@
 //!   401 `{error}` otherwise.
 //! - Every error is a status and JSON `{error}`.
 
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Path, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, Path, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use hypergate_core::gateway::GatewayError;
@@ -40,6 +42,53 @@ pub(crate) struct HttpState {
     pub(crate) client: ClientConfig,
     pub(crate) admin_token: Option<String>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Open WebSocket connections per client address.
+    pub(crate) per_ip: Arc<std::sync::Mutex<BTreeMap<IpAddr, usize>>>,
+    /// The most WebSocket connections one address may hold.
+    pub(crate) max_connections_per_ip: usize,
+}
+
+/// One WebSocket connection counted against its address; uncounted when dropped.
+struct IpSlot {
+    table: Arc<std::sync::Mutex<BTreeMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    /// A slot for `ip`, or `None` when it already holds `max` connections.
+    fn take(
+        table: &Arc<std::sync::Mutex<BTreeMap<IpAddr, usize>>>,
+        ip: IpAddr,
+        max: usize,
+    ) -> Option<IpSlot> {
+        let mut counts = table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            table: Arc::clone(table),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// The gateway's routes.
@@ -509,25 +558,58 @@ fn lease_list(state: &HttpState, relays: Option<&[RelayKey]>) -> Vec<Value> {
 async fn relay(
     State(state): State<Arc<HttpState>>,
     Path(relay_key): Path<String>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    uri: Uri,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    serve(&state, relay_key, &headers, upgrade)
+    serve(&state, relay_key, remote, &uri, &headers, upgrade)
 }
 
 async fn relay_alias(
     State(state): State<Arc<HttpState>>,
     Path((a, b)): Path<(String, String)>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    uri: Uri,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     // The original's `/:a/:b` names a relay by its identifier `a:b`.
-    serve(&state, format!("{a}:{b}"), &headers, upgrade)
+    serve(&state, format!("{a}:{b}"), remote, &uri, &headers, upgrade)
+}
+
+/// Why a WebSocket for `relay_name` is closed right after the upgrade, if it is: a relay that
+/// requires authentication needs a valid client token in `?token=` (4403, the original's).
+fn ws_refusal(state: &HttpState, relay_name: &str, uri: &Uri) -> Option<(u16, &'static str)> {
+    let (relay, requires_auth) = state.shared.read_core(|core| {
+        let relay = core.core.registry().resolve(relay_name)?;
+        let record = core.core.registry().relay(&relay)?;
+        Some((relay, record.requires_auth))
+    })?;
+    if !requires_auth {
+        return None;
+    }
+    let token = uri.query().and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("token="))
+    });
+    match token {
+        None => Some((4403, "Token required")),
+        Some(token) => state
+            .shared
+            .tokens
+            .verify(token, relay, state.shared.unix_now().0)
+            .err()
+            .map(|_| (4403, "Invalid token")),
+    }
 }
 
 fn serve(
     state: &Arc<HttpState>,
     relay_name: String,
+    remote: SocketAddr,
+    uri: &Uri,
     headers: &HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -535,6 +617,11 @@ fn serve(
         .shared
         .read_core(|core| core.core.registry().resolve(&relay_name));
     if let Ok(upgrade) = upgrade {
+        let slot = IpSlot::take(&state.per_ip, remote.ip(), state.max_connections_per_ip);
+        let refusal = match &slot {
+            None => Some((1008, "Too many connections from this address")),
+            Some(_) => ws_refusal(state, &relay_name, uri),
+        };
         let cap = state
             .client
             .session
@@ -547,8 +634,9 @@ fn serve(
         return upgrade
             .max_message_size(cap)
             .max_frame_size(cap)
-            .on_upgrade(move |socket| {
-                clients::serve(socket, shared, relay_name, config, shutdown)
+            .on_upgrade(move |socket| async move {
+                let _slot = slot;
+                clients::serve(socket, shared, relay_name, config, refusal, shutdown).await;
             });
     }
     let Some(relay) = known else {

@@ -66,6 +66,8 @@ pub struct GatewayOptions {
     pub session: SessionConfig,
     /// Frames queued per client before it counts as too slow and is disconnected.
     pub outbound_queue: usize,
+    /// Per-address and per-connection client limits.
+    pub limits: ClientLimits,
     /// The escrow to request leases from; `None`: read-only while workers are away.
     pub escrow: Option<EscrowClientConfig>,
     /// Operator credentials at the escrow, for `POST /api/relays/:relayKey/escrow/revoke`
@@ -75,6 +77,28 @@ pub struct GatewayOptions {
     pub admin_token: Option<String>,
     /// The secret client tokens (`PUT /drive`, join, auth callbacks) are signed with.
     pub token_secret: Zeroizing<Vec<u8>>,
+}
+
+/// Limits that keep one client (or one address) from crowding out the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Open WebSocket connections per client IP address (more are closed with 1008).
+    pub connections_per_ip: usize,
+    /// Sustained frames per second per connection (more get `rate-limited:` answers).
+    pub frames_per_second: u32,
+    /// Burst of frames above the sustained rate.
+    pub frame_burst: u32,
+}
+
+impl Default for ClientLimits {
+    /// 256 connections per address, 200 frames/s with a burst of 400.
+    fn default() -> Self {
+        ClientLimits {
+            connections_per_ip: 256,
+            frames_per_second: 200,
+            frame_burst: 400,
+        }
+    }
 }
 
 /// A running gateway.
@@ -166,13 +190,18 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<GatewayHandle> {
         client: clients::ClientConfig {
             session: options.session,
             outbound_queue: options.outbound_queue,
+            frames_per_second: options.limits.frames_per_second,
+            frame_burst: options.limits.frame_burst,
         },
+        per_ip: Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new())),
+        max_connections_per_ip: options.limits.connections_per_ip,
         admin_token: options.admin_token,
         shutdown: shutdown_rx.clone(),
     });
     let app = http::router(http_state);
     let mut http_shutdown = shutdown_rx;
     tasks.spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serving = axum::serve(http_listener, app).with_graceful_shutdown(async move {
             let _ = http_shutdown.changed().await;
         });

@@ -82,6 +82,7 @@ pub(crate) async fn start_gateway(
         core,
         session: SessionConfig::default(),
         outbound_queue: 1024,
+        limits: hypergate_tokio::gateway::ClientLimits::default(),
         escrow,
         escrow_operator: None,
         admin_token: None,
@@ -270,10 +271,24 @@ pub(crate) async fn get_json(addr: SocketAddr, path: &str) -> Value {
 
 /// `GET http://addr/path`: the body (HTTP/1.0, no keep-alive).
 pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> String {
+    http_request(addr, "GET", path, b"").await
+}
+
+/// `METHOD http://addr/path` with `body`: the response body (HTTP/1.0, no keep-alive).
+pub(crate) async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
     stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.unwrap();
     let text = String::from_utf8_lossy(&response).into_owned();
