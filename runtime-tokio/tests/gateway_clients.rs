@@ -11,7 +11,6 @@
 // Test helpers: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[allow(dead_code)] // shared with the tests that start an escrow
 mod escrow_support;
 mod gateway_support;
 
