@@ -17,14 +17,14 @@ use std::time::Duration;
 
 use escrow_support::{Backend, Harness, Options};
 use gateway_support::{
-    PATIENCE, connect, eventually, get_json, init_worker, next, publish, query, run_worker,
-    start_gateway,
+    NostrTools, PATIENCE, connect, eventually, get_json, init_worker, next, publish, query,
+    run_worker, start_gateway,
 };
 use hypergate_core::escrow::PolicyConfig;
 use hypergate_core::nostr::testing::signed_event;
 
 /// The escrow's liveness timeout in this test: long enough to see a refusal first.
-const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn lifecycle(backend: Backend) {
     let options = Options {
@@ -37,6 +37,7 @@ async fn lifecycle(backend: Backend) {
     let Some(harness) = Harness::start(backend, options).await else {
         return; // PostgreSQL unavailable and CI unset: skipped by the harness
     };
+    let nostr_tools = NostrTools::install();
     let gateway_data = tempfile::tempdir().unwrap();
     let gateway = start_gateway(
         gateway_data.path(),
@@ -119,6 +120,39 @@ async fn lifecycle(backend: Backend) {
     .await;
     assert!(mirrored_all, "the forwarded event never reached the mirror");
 
+    // The same through a real Nostr client library: publish and query via the gateway.
+    let client_secret = "6b911fd37cdf5c81d4c0adb1ab7fa822ed253ab0ad9aa18d77257c88b29b718e";
+    if let Some(tools) = &nostr_tools {
+        let published = tools
+            .step(
+                &url,
+                &["publish", client_secret, "nostr-tools through the gateway"],
+            )
+            .await;
+        assert_eq!(published["accepted"], true, "{published}");
+        let found = tools.step(&url, &["query", r#"{"kinds":[1]}"#]).await;
+        assert!(
+            found["ids"].as_array().unwrap().contains(&published["id"]),
+            "{found}"
+        );
+        ids.insert(0, published["id"].as_str().unwrap().to_owned());
+        let mirrored_all = eventually(PATIENCE, async || {
+            let replicas = get_json(gateway.http_addr, "/api/blind-peer/replicas").await;
+            replicas["replicas"][0]["cores"]
+                .as_array()
+                .is_some_and(|cores| {
+                    cores
+                        .iter()
+                        .any(|core| core["type"] == "writer" && core["localLength"] == 5)
+                })
+        })
+        .await;
+        assert!(
+            mirrored_all,
+            "the nostr-tools event never reached the mirror"
+        );
+    }
+
     worker.kill();
     drop(local);
 
@@ -126,7 +160,12 @@ async fn lifecycle(backend: Backend) {
     let mut reader = connect(&url).await;
     let answered = query(&mut reader, "again", r#"{"kinds":[1]}"#).await;
     let got: Vec<&str> = answered.iter().map(|e| e["id"].as_str().unwrap()).collect();
-    let newest_first: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
+    // `ids` is oldest first, except that a nostr-tools event (created now) went in front.
+    let mut newest_first: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
+    if nostr_tools.is_some() {
+        let now_event = newest_first.pop().unwrap();
+        newest_first.insert(0, now_event);
+    }
     assert_eq!(got, newest_first);
 
     // A write before the escrow's liveness timeout passed: read-only, with the reason.
@@ -138,6 +177,18 @@ async fn lifecycle(backend: Backend) {
         refused[3].as_str().unwrap().starts_with("read-only:"),
         "{refused}"
     );
+    if let Some(tools) = &nostr_tools {
+        let early = tools
+            .step(&url, &["publish", client_secret, "still too early"])
+            .await;
+        assert_eq!(early["accepted"], false, "{early}");
+        assert!(
+            early["message"].as_str().unwrap().contains("read-only:"),
+            "{early}"
+        );
+        let found = tools.step(&url, &["query", r#"{"kinds":[1]}"#]).await;
+        assert_eq!(found["ids"], serde_json::json!(newest_first), "{found}");
+    }
 
     // After the timeout, a write is accepted under a lease the gateway requested by itself.
     tokio::time::sleep(LIVENESS_TIMEOUT).await;
@@ -154,14 +205,16 @@ async fn lifecycle(backend: Backend) {
     let accepted = accepted.expect("the gateway never accepted a write under a lease");
     assert_eq!(accepted[1], offline.id.to_hex().as_str());
 
-    // The subscription opened before the worker died receives it live.
+    // The subscription opened before the worker died receives it live (after the events
+    // published through the worker earlier, if the nostr-tools steps ran).
+    let offline_id = offline.id.to_hex();
     let live = loop {
         let frame = next(&mut follower).await;
-        if frame[0] == "EVENT" {
+        if frame[0] == "EVENT" && frame[2]["id"] == offline_id.as_str() {
             break frame;
         }
     };
-    assert_eq!(live[2]["id"], offline.id.to_hex().as_str());
+    assert_eq!(live[1], "follow");
 
     // The worker returns: push → resync → resync-complete → rotation; the event the gateway
     // accepted is now served by the worker itself.
