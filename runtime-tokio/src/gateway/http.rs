@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::clients::{self, ClientConfig};
-use super::drive;
+use super::{artifacts, drive};
 use super::state::Shared;
 
 /// What the handlers share.
@@ -117,6 +117,11 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
             get(drive::get_drive).put(drive::put_drive).layer(
                 axum::extract::DefaultBodyLimit::max(drive::MAX_UPLOAD_BYTES + 1),
             ),
+        )
+        .route("/post/join/{identifier}", post(artifacts::post_join))
+        .route(
+            "/callback/finalize-auth/{identifier}",
+            post(artifacts::post_finalize_auth),
         )
         .route("/pfp/{file}", get(drive::get_pfp))
         .route("/pfp/{owner}/{file}", get(drive::get_owner_pfp))

@@ -13,6 +13,7 @@
 //! - [`GatewayHandle::shutdown`] ends leases (wiping their keys), stops the listeners and
 //!   waits for the tasks.
 
+mod artifacts;
 pub mod cli;
 mod clients;
 pub mod ctl;
