@@ -206,7 +206,8 @@ impl Gateway {
     }
 
     /// A gateway resuming from a persisted registry: every relay is routable
-    /// again (to its replica until its workers reconnect).
+    /// again (to its replica until its workers reconnect), pending notices are
+    /// pushed again, and lease epochs continue from the latest pending write's.
     #[must_use]
     pub fn with_registry(
         config: GatewayConfig,
@@ -234,6 +235,16 @@ impl Gateway {
             .collect();
         for (relay, workers) in relays {
             gateway.router.handle_relay_peers(relay, workers, now);
+        }
+        // Lease epochs continue where the last writes left them, so a worker that was away
+        // still learns from its registration ack that it must rotate.
+        let epochs: Vec<(RelayKey, u64)> = gateway
+            .registry
+            .relays()
+            .filter_map(|record| Some((record.relay_key, record.pending.lease_version?)))
+            .collect();
+        for (relay, epoch) in epochs {
+            gateway.leases.restore_epoch(relay, epoch);
         }
         // Pending writes survive a restart in the registry: resume their pushes.
         gateway.resume_pending_pushes(now);

@@ -309,6 +309,49 @@ mod write_path {
     }
 
     #[test]
+    fn a_restarted_gateway_resumes_the_push_and_tells_a_returning_worker_its_lease_epoch() {
+        let (mut gateway, session, t0) = offline_relay(true);
+        let verdict = gateway
+            .handle_client_write(session, WriteId(1), t0)
+            .unwrap();
+        assert_eq!(verdict, WriteVerdict::Wait);
+        gateway.handle_lease_granted(grant(3, t0), t0).unwrap();
+        drain(&mut gateway);
+        gateway
+            .handle_write_appended(RELAY, 3, event_mark(), t0)
+            .unwrap();
+        let bytes = gateway.registry().snapshot_bytes().unwrap();
+
+        // The process dies; a new one starts from the persisted registry.
+        let registry = Registry::restore_bytes(&bytes).unwrap();
+        let t1 = t0 + Duration::from_secs(60);
+        let mut restarted =
+            Gateway::with_registry(GatewayConfig::default(), registry, t1, UnixTime(2_000_000));
+        assert!(restarted.registry().relay(&RELAY).unwrap().pending.pending);
+        restarted.handle_link_up(WORKER, t1);
+        restarted.handle_frame(WORKER, register_with_escrow(true), t1);
+        let (transmits, _) = drain(&mut restarted);
+        let ack_epochs: Vec<u64> = transmits
+            .iter()
+            .filter_map(|transmit| match &transmit.frame.message {
+                Message::RegisterAck(ack) => {
+                    Some(ack.lease_epochs.iter().map(|e| e.epoch).collect::<Vec<_>>())
+                }
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(ack_epochs, vec![3], "the returning worker learns the epoch");
+        let pushed = transmits
+            .iter()
+            .any(|transmit| matches!(transmit.frame.message, Message::PendingWritePush(_)));
+        assert!(
+            pushed,
+            "the pending notice is pushed again after the restart"
+        );
+    }
+
+    #[test]
     fn a_granted_lease_releases_the_waiting_writes_under_its_epoch() {
         let (mut gateway, session, t0) = offline_relay(true);
         gateway

@@ -26,8 +26,7 @@ use axum::response::{IntoResponse, Response};
 use hypergate_core::ids::RelayKey;
 use hypergate_core::registry::PendingMark;
 use hypergate_core::wire::{
-    BoundedBytes, BoundedString, BoundedVec, Header, HttpMethod, HttpRequest, Message,
-    PendingType,
+    BoundedBytes, BoundedString, BoundedVec, Header, HttpMethod, HttpRequest, Message, PendingType,
 };
 use rand_core::{OsRng, TryRngCore};
 use serde_json::{Map, Value, json};
@@ -60,7 +59,16 @@ pub(crate) async fn post_join(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    handle(&state, "join", "/post/join", &identifier, &uri, &headers, &body).await
+    handle(
+        &state,
+        "join",
+        "/post/join",
+        &identifier,
+        &uri,
+        &headers,
+        &body,
+    )
+    .await
 }
 
 /// `POST /callback/finalize-auth/:identifier`.
@@ -146,6 +154,9 @@ async fn handle(
                     tracing::warn!(error = %e, "pending mark for an artifact failed");
                 }
             });
+            if let Err(e) = shared.persist_registry().await {
+                tracing::error!(error = %e, "the registry snapshot could not be written");
+            }
             (
                 StatusCode::ACCEPTED,
                 axum::Json(json!({
@@ -195,7 +206,9 @@ async fn forward(state: &HttpState, relay: RelayKey, path: &str, body: &Bytes) -
         .headers
         .iter()
         .find(|h| h.name.as_str().eq_ignore_ascii_case("content-type"))
-        .map_or("application/json".to_owned(), |h| h.value.as_str().to_owned());
+        .map_or("application/json".to_owned(), |h| {
+            h.value.as_str().to_owned()
+        });
     Some(
         (
             status,

@@ -721,6 +721,10 @@ impl Client {
                     tracing::warn!(%error, "pending mark failed");
                 }
             });
+            // The pending mark is on disk before the client hears `OK true`.
+            if let Err(error) = self.shared.persist_registry().await {
+                tracing::error!(%error, "the registry snapshot could not be written");
+            }
         } else {
             self.shared
                 .metrics

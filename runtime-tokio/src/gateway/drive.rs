@@ -249,6 +249,9 @@ pub(crate) async fn put_drive(
                     tracing::warn!(error = %e, "pending mark for a drive write failed");
                 }
             });
+            if let Err(e) = shared.persist_registry().await {
+                tracing::error!(error = %e, "the registry snapshot could not be written");
+            }
             (
                 StatusCode::ACCEPTED,
                 axum::Json(json!({

@@ -33,8 +33,8 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::clients::{self, ClientConfig};
-use super::{artifacts, drive};
 use super::state::Shared;
+use super::{artifacts, drive};
 
 /// What the handlers share.
 pub(crate) struct HttpState {

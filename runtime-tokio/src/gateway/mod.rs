@@ -10,6 +10,9 @@
 //!   the escrow ([`escrow_link`]); the key is held in memory only.
 //! - The core [`Gateway`] decides everything; [`state`] is the one place it is driven, and a
 //!   timer task fires its deadlines.
+//! - The registry (relays, their workers, pending writes, lease epochs) is persisted to
+//!   `<data>/registry.snapshot` after every change, and synchronously before a gateway write
+//!   is acknowledged; a restart resumes from it (pending notices are pushed again).
 //! - [`GatewayHandle::shutdown`] ends leases (wiping their keys), stops the listeners and
 //!   waits for the tasks.
 
@@ -38,6 +41,7 @@ use hypergate_adapters::mirror::{MirrorConfig, MirrorStore};
 use hypergate_adapters::peer_link::{AcceptPolicy, LinkConfig};
 use hypergate_core::gateway::{Gateway, GatewayConfig};
 use hypergate_core::ids::PeerId;
+use hypergate_core::registry::Registry;
 use hypergate_core::session::SessionConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -154,7 +158,27 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<GatewayHandle> {
         None => None,
     };
     let clock = SystemClock;
-    let core = Gateway::new(options.core, clock.now(), clock.unix_now());
+    // Relays, workers and pending writes survive a restart: resume from the last snapshot.
+    let snapshot_path = options.data_dir.join("registry.snapshot");
+    let core = match std::fs::read(&snapshot_path) {
+        Ok(bytes) => {
+            let registry = Registry::restore_bytes(&bytes).with_context(|| {
+                format!(
+                    "{} does not restore (move it aside to start with an empty registry; \
+                     pending writes recorded in it would be forgotten)",
+                    snapshot_path.display()
+                )
+            })?;
+            tracing::info!(relays = registry.len(), "registry restored");
+            Gateway::with_registry(options.core, registry, clock.now(), clock.unix_now())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Gateway::new(options.core, clock.now(), clock.unix_now())
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading {}", snapshot_path.display()));
+        }
+    };
     let peer_id = options.identity.peer_id();
     let shared = state::Shared::new(
         core,
@@ -165,6 +189,7 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<GatewayHandle> {
         metrics::GatewayMetrics::new(),
         GatewayDrives::open(&options.data_dir).context("opening the gateway drives")?,
         tokens::TokenKeys::new(options.token_secret),
+        snapshot_path,
     );
 
     let peer_listener = TcpListener::bind(options.peer_listen)
@@ -186,6 +211,7 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<GatewayHandle> {
         shutdown_rx.clone(),
     ));
     tasks.spawn(run_timer(Arc::clone(&shared), shutdown_rx.clone()));
+    tasks.spawn(run_persister(Arc::clone(&shared), shutdown_rx.clone()));
     let http_state = Arc::new(http::HttpState {
         shared: Arc::clone(&shared),
         client: clients::ClientConfig {
@@ -218,6 +244,22 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<GatewayHandle> {
         shutdown: shutdown_tx,
         tasks,
     })
+}
+
+/// Persists the registry after it changed (coalescing bursts), and once more at shutdown.
+async fn run_persister(shared: Arc<state::Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let stop = tokio::select! {
+            () = shared.registry_changed.notified() => false,
+            _ = shutdown.changed() => true,
+        };
+        if let Err(error) = shared.persist_registry().await {
+            tracing::error!(%error, "the registry snapshot could not be written");
+        }
+        if stop {
+            return;
+        }
+    }
 }
 
 /// Fires the core's deadlines: sleeps until `poll_timeout`, re-armed after every input.

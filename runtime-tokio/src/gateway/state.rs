@@ -91,6 +91,12 @@ pub(crate) struct Shared {
     pub(crate) tokens: TokenKeys,
     /// Wakes the timer task after an input (its deadline may have moved).
     pub(crate) timer: Notify,
+    /// Where the registry snapshot is persisted.
+    pub(crate) snapshot_path: PathBuf,
+    /// Serialises snapshot writes, so a later snapshot is never overwritten by an earlier one.
+    persist_lock: tokio::sync::Mutex<()>,
+    /// Wakes the persister after the registry changed.
+    pub(crate) registry_changed: Notify,
 }
 
 impl Shared {
@@ -104,6 +110,7 @@ impl Shared {
         metrics: GatewayMetrics,
         drives: GatewayDrives,
         tokens: TokenKeys,
+        snapshot_path: PathBuf,
     ) -> Arc<Shared> {
         let mirror = Arc::new(tokio::sync::Mutex::new(mirror));
         let writers = Arc::new(tokio::sync::Mutex::new(BTreeMap::new()));
@@ -129,6 +136,9 @@ impl Shared {
             drives: tokio::sync::Mutex::new(drives),
             tokens,
             timer: Notify::new(),
+            snapshot_path,
+            persist_lock: tokio::sync::Mutex::new(()),
+            registry_changed: Notify::new(),
         })
     }
 
@@ -164,6 +174,20 @@ impl Shared {
         drop(state);
         self.timer.notify_one();
         result
+    }
+
+    /// Writes the registry snapshot (relays, workers, pending writes, lease epochs) and syncs
+    /// it: callers that report a gateway write as accepted call this first, so a crash never
+    /// forgets a pending write. Atomic: a temp file, fsync, rename, fsync of the directory.
+    pub(crate) async fn persist_registry(&self) -> std::io::Result<()> {
+        let _order = self.persist_lock.lock().await;
+        let bytes = self
+            .read_core(|state| state.core.registry().snapshot_bytes())
+            .map_err(std::io::Error::other)?;
+        let path = self.snapshot_path.clone();
+        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+            .await
+            .map_err(std::io::Error::other)?
     }
 
     /// Reads the core without feeding it.
@@ -218,6 +242,9 @@ impl Shared {
 
     fn on_event(self: &Arc<Self>, state: &mut CoreState, event: GatewayEvent, now: Instant) {
         self.metrics.observe(&event);
+        if matches!(event, GatewayEvent::Registry(_) | GatewayEvent::Lease(_)) {
+            self.registry_changed.notify_one();
+        }
         match event {
             GatewayEvent::Router(event) => self.on_router_event(state, event, now),
             GatewayEvent::LeaseRequestNeeded {
@@ -324,4 +351,24 @@ impl Shared {
             }
         }
     }
+}
+
+/// Replaces `path` with `bytes` so a crash leaves the old or the new file, never a mix.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }

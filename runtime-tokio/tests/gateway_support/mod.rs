@@ -113,19 +113,24 @@ impl WorkerProcess {
     }
 }
 
-/// `hypergate worker init` in `dir` with the identity the escrow expects; the init report.
-pub(crate) fn init_worker(dir: &Path) -> Value {
-    std::fs::create_dir_all(dir).unwrap();
-    let me = identity(WORKER_SEED);
+/// Writes an identity file (mode 0600) for the key of `seed`.
+pub(crate) fn write_identity(path: &Path, seed: u8) {
+    let me = identity(seed);
     let secret = hex::encode(me.signing_key().as_bytes());
     let text = format!(
         "{{\"publicKey\":\"{}\",\"secretKey\":\"{secret}\"}}\n",
         me.peer_id().to_hex()
     );
-    let path = dir.join("identity.json");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(path, text).unwrap();
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// `hypergate worker init` in `dir` with the identity the escrow expects; the init report.
+pub(crate) fn init_worker(dir: &Path) -> Value {
+    std::fs::create_dir_all(dir).unwrap();
+    write_identity(&dir.join("identity.json"), WORKER_SEED);
+    use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     let output = Command::new(BIN)
         .args(["worker", "init", "--json", "--data-dir"])
@@ -140,10 +145,29 @@ pub(crate) fn init_worker(dir: &Path) -> Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
+/// Where a worker finds its gateway.
+pub(crate) struct GatewayAddress {
+    pub(crate) peer_addr: SocketAddr,
+    pub(crate) peer_id: hypergate_core::ids::PeerId,
+}
+
 /// `hypergate worker run` linked to `gateway`, depositing with `harness` when given.
 pub(crate) fn run_worker(
     dir: &Path,
     gateway: &GatewayHandle,
+    harness: Option<&Harness>,
+) -> WorkerProcess {
+    let address = GatewayAddress {
+        peer_addr: gateway.peer_addr,
+        peer_id: gateway.peer_id,
+    };
+    run_worker_at(dir, &address, harness)
+}
+
+/// `hypergate worker run` linked to the gateway at `gateway`.
+pub(crate) fn run_worker_at(
+    dir: &Path,
+    gateway: &GatewayAddress,
     harness: Option<&Harness>,
 ) -> WorkerProcess {
     let mut command = Command::new(BIN);

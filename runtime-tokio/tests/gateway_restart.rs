@@ -1,0 +1,205 @@
+//! Drill: the gateway process is killed (SIGKILL) right after accepting writes under a lease,
+//! while the relay's worker is away. On restart it resumes from its registry snapshot: the
+//! pending notice is pushed again when the worker returns, the worker resyncs, and every write
+//! that got `OK true` is served by the worker itself. Real processes: `hypergate gateway` and
+//! `hypergate worker run`, a real escrow over mTLS.
+
+// Test helpers: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod escrow_support;
+mod gateway_support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use escrow_support::{Backend, Harness, Options, SHARED_SECRET};
+use gateway_support::{
+    BIN, GATEWAY_SEED, PATIENCE, WorkerProcess, connect, eventually, get_json, identity,
+    init_worker, publish, query,
+};
+use hypergate_core::escrow::PolicyConfig;
+use hypergate_core::nostr::testing::signed_event;
+
+/// A `hypergate gateway` process; SIGKILLed when dropped.
+struct GatewayProcess {
+    child: Child,
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Starts `hypergate gateway` on fixed ports with the escrow harness's `gateway` credentials.
+fn start_gateway(
+    data: &Path,
+    http: SocketAddr,
+    peer: SocketAddr,
+    harness: &Harness,
+) -> GatewayProcess {
+    let pki = harness.pki.dir.path();
+    let secret = data.join("escrow-secret");
+    if !secret.exists() {
+        std::fs::write(&secret, SHARED_SECRET).unwrap();
+    }
+    let mut child = Command::new(BIN)
+        .args(["gateway", "--data-dir"])
+        .arg(data)
+        .args([
+            "--listen",
+            &http.to_string(),
+            "--peer-listen",
+            &peer.to_string(),
+        ])
+        .args([
+            "--escrow-url",
+            &harness.base_url(),
+            "--escrow-client-id",
+            "gateway",
+        ])
+        .arg("--escrow-secret-file")
+        .arg(&secret)
+        .arg("--escrow-ca")
+        .arg(pki.join("ca.pem"))
+        .arg("--escrow-client-cert")
+        .arg(pki.join("gateway.pem"))
+        .arg("--escrow-client-key")
+        .arg(pki.join("gateway-key.pem"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    loop {
+        let line = lines
+            .recv_timeout(PATIENCE)
+            .expect("the gateway never said it was listening");
+        if line.starts_with("gateway key:") {
+            break;
+        }
+    }
+    GatewayProcess { child }
+}
+
+/// `hypergate worker run` linked to the gateway at `peer` (key of seed GATEWAY_SEED).
+fn run_worker(dir: &Path, peer: SocketAddr, harness: &Harness) -> WorkerProcess {
+    let handle_like = gateway_support::GatewayAddress {
+        peer_addr: peer,
+        peer_id: identity(GATEWAY_SEED).peer_id(),
+    };
+    gateway_support::run_worker_at(dir, &handle_like, Some(harness))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_after_accepting_leased_writes_resumes_their_push_after_restart() {
+    let options = Options {
+        policy: PolicyConfig {
+            peer_liveness_timeout: Duration::from_secs(1),
+            ..PolicyConfig::default()
+        },
+        ..Options::default()
+    };
+    let harness = Harness::start(Backend::Embedded, options).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let gateway_dir = data.path().join("gateway");
+    std::fs::create_dir_all(&gateway_dir).unwrap();
+    // The escrow binds the client id `gateway` to this identity.
+    gateway_support::write_identity(&gateway_dir.join("identity.json"), GATEWAY_SEED);
+    let (http, peer) = (free_port(), free_port());
+    let mut gateway = start_gateway(&gateway_dir, http, peer, &harness);
+
+    let worker_dir = data.path().join("worker");
+    let report = init_worker(&worker_dir);
+    let relay = report["relayKey"].as_str().unwrap().to_owned();
+    let mut worker = run_worker(&worker_dir, peer, &harness);
+    let ready = eventually(PATIENCE, async || {
+        let status = get_json(worker.addr, "/status").await;
+        status["gatewayConnected"] == true && status["relays"][0]["escrowId"].is_string()
+    })
+    .await;
+    assert!(ready, "the worker never linked and deposited");
+    let mirrored = eventually(PATIENCE, async || {
+        let replicas = get_json(http, "/api/blind-peer/replicas").await;
+        replicas["replicas"][0]["cores"]
+            .as_array()
+            .is_some_and(|cores| {
+                cores
+                    .iter()
+                    .any(|c| c["type"] == "owner" && c["lagBlocks"] == 0)
+            })
+    })
+    .await;
+    assert!(mirrored, "the owner log was never mirrored");
+
+    // The worker goes away; writes are accepted under a lease.
+    worker.kill();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let url = format!("ws://{http}/relay/{relay}");
+    let mut client = connect(&url).await;
+    let mut accepted = Vec::new();
+    for i in 0..3u64 {
+        let event = signed_event(9, 1_700_000_300 + i, 1, Vec::new(), &format!("offline {i}"));
+        let mut ok = publish(&mut client, &event.to_json()).await;
+        for _ in 0..40 {
+            if ok[2] == true {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            ok = publish(&mut client, &event.to_json()).await;
+        }
+        assert_eq!(ok[2], true, "{ok}");
+        accepted.push(event.id.to_hex());
+    }
+
+    // SIGKILL the gateway at once, then start it again on the same data.
+    drop(client);
+    gateway.child.kill().unwrap();
+    let _ = gateway.child.wait();
+    let _gateway = start_gateway(&gateway_dir, http, peer, &harness);
+    let relays = get_json(http, "/api/relays").await;
+    assert_eq!(
+        relays["relays"][0]["pending"]["gatewayPendingWrites"], true,
+        "the restarted gateway forgot the pending writes: {relays}"
+    );
+
+    // The worker returns: push → resync → the accepted writes are the worker's own.
+    let worker = run_worker(&worker_dir, peer, &harness);
+    let cleared = eventually(PATIENCE * 2, async || {
+        let relays = get_json(http, "/api/relays").await;
+        relays["relays"][0]["pending"]["gatewayPendingWrites"] == false
+    })
+    .await;
+    assert!(
+        cleared,
+        "the pending writes were never resynced after the restart"
+    );
+    let mut local = connect(&format!("ws://{}/relay/{relay}", worker.addr)).await;
+    let ids: Vec<String> = query(&mut local, "mine", r#"{"kinds":[1]}"#)
+        .await
+        .iter()
+        .map(|event| event["id"].as_str().unwrap().to_owned())
+        .collect();
+    for id in &accepted {
+        assert!(
+            ids.contains(id),
+            "accepted write {id} is not on the worker: {ids:?}"
+        );
+    }
+}
