@@ -21,17 +21,15 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use hypergate_core::ids::RelayKey;
 use hypergate_core::registry::PendingMark;
-use hypergate_core::wire::{
-    BoundedBytes, BoundedString, BoundedVec, Header, HttpMethod, HttpRequest, Message, PendingType,
-};
+use hypergate_core::wire::{BoundedString, Header, HttpMethod, PendingType};
 use rand_core::{OsRng, TryRngCore};
 use serde_json::{Map, Value, json};
 
-use super::drive::{PEER_TIMEOUT, check_token, lease_for_write};
+use super::drive::{check_token, lease_for_write, relay_response, worker_request};
 use super::http::{HttpState, error};
 
 /// Headers never stored in an artifact.
@@ -177,46 +175,20 @@ async fn handle(
 
 /// The worker's answer to the forwarded request, when one below 500 comes in time.
 async fn forward(state: &HttpState, relay: RelayKey, path: &str, body: &Bytes) -> Option<Response> {
-    let link = state.shared.read_core(|core| {
-        core.core
-            .registry()
-            .workers_of(&relay)
-            .find_map(|peer| core.links.get(&peer).cloned())
-    })?;
     let content_type = Header {
         name: BoundedString::new("content-type").ok()?,
         value: BoundedString::new("application/json").ok()?,
     };
-    let request = Message::HttpRequest(HttpRequest {
-        method: HttpMethod::Post,
-        path: BoundedString::new(path).ok()?,
-        headers: BoundedVec::new(vec![content_type]).ok()?,
-        body: BoundedBytes::new(body.to_vec()).ok()?,
-    });
-    let Ok(Ok(Message::HttpResponse(response))) =
-        tokio::time::timeout(PEER_TIMEOUT, link.request(request)).await
-    else {
-        return None;
-    };
-    if response.status >= 500 {
-        return None;
-    }
-    let status = StatusCode::from_u16(response.status).ok()?;
-    let content_type = response
-        .headers
-        .iter()
-        .find(|h| h.name.as_str().eq_ignore_ascii_case("content-type"))
-        .map_or("application/json".to_owned(), |h| {
-            h.value.as_str().to_owned()
-        });
-    Some(
-        (
-            status,
-            [(header::CONTENT_TYPE, content_type)],
-            response.body.into_inner(),
-        )
-            .into_response(),
+    let response = worker_request(
+        &state.shared,
+        relay,
+        HttpMethod::Post,
+        path,
+        vec![content_type],
+        body.to_vec(),
     )
+    .await?;
+    (response.status < 500).then(|| relay_response(response, "application/json"))
 }
 
 fn kept_headers(headers: &HeaderMap) -> Value {

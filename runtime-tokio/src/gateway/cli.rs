@@ -150,44 +150,20 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let escrow = match (
-        &args.escrow_url,
-        &args.escrow_client_id,
-        &args.escrow_secret_file,
-    ) {
-        (Some(url), Some(client_id), Some(secret)) => Some(
-            EscrowClientConfig::from_files(
-                url,
-                client_id,
-                secret,
-                args.escrow_ca.as_deref(),
-                args.escrow_client_cert
-                    .as_deref()
-                    .zip(args.escrow_client_key.as_deref()),
-            )
-            .context("the escrow client")?,
-        ),
-        _ => None,
-    };
-    let escrow_operator = match (
-        &args.escrow_url,
-        &args.escrow_operator_id,
-        &args.escrow_secret_file,
-    ) {
-        (Some(url), Some(operator), Some(secret)) => Some(
-            EscrowClientConfig::from_files(
-                url,
-                operator,
-                secret,
-                args.escrow_ca.as_deref(),
-                args.escrow_operator_cert
-                    .as_deref()
-                    .zip(args.escrow_operator_key.as_deref()),
-            )
-            .context("the escrow operator client")?,
-        ),
-        _ => None,
-    };
+    let escrow = escrow_client(
+        &args,
+        args.escrow_client_id.as_deref(),
+        args.escrow_client_cert.as_deref(),
+        args.escrow_client_key.as_deref(),
+    )
+    .context("the escrow client")?;
+    let escrow_operator = escrow_client(
+        &args,
+        args.escrow_operator_id.as_deref(),
+        args.escrow_operator_cert.as_deref(),
+        args.escrow_operator_key.as_deref(),
+    )
+    .context("the escrow operator client")?;
     let session = SessionConfig {
         limits: Limits {
             max_frame_bytes: args.max_frame_bytes,
@@ -233,6 +209,28 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     crate::worker::shutdown_signal().await;
     gateway.shutdown().await;
     Ok(())
+}
+
+/// The escrow client `client_id` with its certificate, sharing the escrow URL, secret and CA;
+/// `None` without a URL or id.
+fn escrow_client(
+    args: &GatewayArgs,
+    client_id: Option<&str>,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> anyhow::Result<Option<EscrowClientConfig>> {
+    let (Some(url), Some(client_id), Some(secret)) =
+        (&args.escrow_url, client_id, &args.escrow_secret_file)
+    else {
+        return Ok(None);
+    };
+    Ok(Some(EscrowClientConfig::from_files(
+        url,
+        client_id,
+        secret,
+        args.escrow_ca.as_deref(),
+        cert.zip(key),
+    )?))
 }
 
 /// Prints a start-up line; a closed stdout must not stop the server.

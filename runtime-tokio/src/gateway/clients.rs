@@ -692,7 +692,7 @@ impl Client {
             .lock()
             .await
             .get(&relay)
-            .map(hypergate_adapters::mirror::LeasedWriter::writer_key);
+            .map(|leased| leased.writer.writer_key());
         let writer = writer
             .ok_or_else(|| PublishOutcome::ReadOnly("the lease ended before the write".to_owned()));
         let failures = replica

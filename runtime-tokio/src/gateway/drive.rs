@@ -34,8 +34,8 @@ use hypergate_core::ids::{PeerId, RelayKey};
 use hypergate_core::registry::PendingMark;
 use hypergate_core::router::SessionKind;
 use hypergate_core::wire::{
-    BoundedBytes, BoundedString, BoundedVec, HttpMethod, HttpRequest, HttpResponse, Message,
-    PendingType,
+    BoundedBytes, BoundedString, BoundedVec, Header, HttpMethod, HttpRequest, HttpResponse,
+    Message, PendingType,
 };
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -81,6 +81,25 @@ pub(crate) async fn get_drive(
 
 /// Forwards a GET to one linked worker of `relay`; its answer when it has the content.
 async fn ask_a_worker(shared: &Shared, relay: RelayKey, path: &str) -> Option<Response> {
+    let response =
+        worker_request(shared, relay, HttpMethod::Get, path, Vec::new(), Vec::new()).await?;
+    if response.status >= 400 || response.body.is_empty() {
+        return None;
+    }
+    Some(relay_response(response, "application/octet-stream"))
+}
+
+/// Sends an HTTP request to one linked worker of `relay` over the peer link; its answer, or
+/// `None` when no worker is linked, the request cannot be encoded or no answer comes within
+/// [`PEER_TIMEOUT`].
+pub(crate) async fn worker_request(
+    shared: &Shared,
+    relay: RelayKey,
+    method: HttpMethod,
+    path: &str,
+    headers: Vec<Header>,
+    body: Vec<u8>,
+) -> Option<HttpResponse> {
     let link = shared.read_core(|core| {
         core.core
             .registry()
@@ -88,34 +107,33 @@ async fn ask_a_worker(shared: &Shared, relay: RelayKey, path: &str) -> Option<Re
             .find_map(|peer| core.links.get(&peer).cloned())
     })?;
     let request = Message::HttpRequest(HttpRequest {
-        method: HttpMethod::Get,
+        method,
         path: BoundedString::new(path).ok()?,
-        headers: BoundedVec::default(),
-        body: BoundedBytes::default(),
+        headers: BoundedVec::new(headers).ok()?,
+        body: BoundedBytes::new(body).ok()?,
     });
-    let answer = tokio::time::timeout(PEER_TIMEOUT, link.request(request)).await;
-    let Ok(Ok(Message::HttpResponse(response))) = answer else {
-        return None;
-    };
-    if response.status >= 400 || response.body.is_empty() {
-        return None;
+    match tokio::time::timeout(PEER_TIMEOUT, link.request(request)).await {
+        Ok(Ok(Message::HttpResponse(response))) => Some(response),
+        _ => None,
     }
-    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::OK);
+}
+
+/// A worker's HTTP answer as the gateway's (its status, content type and body).
+pub(crate) fn relay_response(response: HttpResponse, default_content_type: &str) -> Response {
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = response
         .headers
         .iter()
         .find(|h| h.name.as_str().eq_ignore_ascii_case("content-type"))
-        .map_or("application/octet-stream".to_owned(), |h| {
+        .map_or(default_content_type.to_owned(), |h| {
             h.value.as_str().to_owned()
         });
-    Some(
-        (
-            status,
-            [(header::CONTENT_TYPE, content_type)],
-            response.body.into_inner(),
-        )
-            .into_response(),
+    (
+        status,
+        [(header::CONTENT_TYPE, content_type)],
+        response.body.into_inner(),
     )
+        .into_response()
 }
 
 /// The client token of a write request: `?token=` or `x-relay-token`.

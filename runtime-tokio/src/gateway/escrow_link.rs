@@ -21,6 +21,7 @@ use hypergate_core::ids::RelayKey;
 use hypergate_core::lease::{LeaseGrant, LeaseId};
 use hypergate_core::time::UnixTime;
 
+use super::replica::Leased;
 use super::state::Shared;
 use crate::escrow::EscrowClient;
 use crate::escrow::client::{ClientError, RevokeBy};
@@ -102,7 +103,13 @@ impl EscrowLink {
                 LeasedWriter::open(&mut mirror, relay, key, shared.peer_id(), shared.unix_now())
                     .await
                     .map_err(|e| format!("the gateway writer could not be opened: {e}"))?;
-            writers.insert(relay, writer);
+            writers.insert(
+                relay,
+                Leased {
+                    lease: lease.lease_id,
+                    writer,
+                },
+            );
         }
         self.escrow_ids
             .lock()

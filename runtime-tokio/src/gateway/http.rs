@@ -180,6 +180,24 @@ fn denied(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
     (!matches).then(|| error(StatusCode::UNAUTHORIZED, "admin token required"))
 }
 
+/// The relay an operator route names, once the caller is authorised: its key, or the answer
+/// (401 without the admin token, 400 for a malformed key).
+fn operator_relay(
+    state: &HttpState,
+    headers: &HeaderMap,
+    relay_key: &str,
+) -> Result<RelayKey, Box<Response>> {
+    if let Some(denied) = denied(state, headers) {
+        return Err(Box::new(denied));
+    }
+    relay_key.parse::<RelayKey>().map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            &format!("invalid relay key: {e}"),
+        ))
+    })
+}
+
 /// `GET /api/relays`: the registry: relays, their workers and health, pending flags.
 async fn relays(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
     if let Some(denied) = denied(&state, &headers) {
@@ -323,12 +341,9 @@ async fn lease_request(
     Path(relay_key): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(denied) = denied(&state, &headers) {
-        return denied;
-    }
-    let relay = match relay_key.parse::<RelayKey>() {
+    let relay = match operator_relay(&state, &headers, &relay_key) {
         Ok(relay) => relay,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid relay key: {e}")),
+        Err(answer) => return *answer,
     };
     if state.shared.escrow.is_none() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no escrow is configured");
@@ -366,12 +381,9 @@ async fn revoke(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(denied) = denied(&state, &headers) {
-        return denied;
-    }
-    let relay = match relay_key.parse::<RelayKey>() {
+    let relay = match operator_relay(&state, &headers, &relay_key) {
         Ok(relay) => relay,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid relay key: {e}")),
+        Err(answer) => return *answer,
     };
     let reason = serde_json::from_slice::<Value>(&body)
         .ok()
@@ -411,12 +423,9 @@ async fn remove_relay(
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(denied) = denied(&state, &headers) {
-        return denied;
-    }
-    let relay = match relay_key.parse::<RelayKey>() {
+    let relay = match operator_relay(&state, &headers, &relay_key) {
         Ok(relay) => relay,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid relay key: {e}")),
+        Err(answer) => return *answer,
     };
     let force = uri.query().is_some_and(|query| {
         query
@@ -453,12 +462,9 @@ async fn resync_complete(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(denied) = denied(&state, &headers) {
-        return denied;
-    }
-    let relay = match relay_key.parse::<RelayKey>() {
+    let relay = match operator_relay(&state, &headers, &relay_key) {
         Ok(relay) => relay,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid relay key: {e}")),
+        Err(answer) => return *answer,
     };
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return error(StatusCode::BAD_REQUEST, "body is not JSON");
@@ -647,7 +653,7 @@ fn serve(
     let Some(relay) = known else {
         return error(StatusCode::NOT_FOUND, "unknown relay");
     };
-    if accepts_nostr_json(headers) {
+    if crate::worker::accepts_nostr_json(headers) {
         let information = RelayInformation::new(
             format!("hypergate relay {}", relay.short()),
             format!("Nostr relay {relay}, served through a hypergate gateway"),
@@ -675,19 +681,6 @@ fn serve(
         ),
     )
         .into_response()
-}
-
-fn accepts_nostr_json(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|item| {
-            item.split(';')
-                .next()
-                .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/nostr+json"))
-        })
 }
 
 pub(crate) fn error(status: StatusCode, message: &str) -> Response {

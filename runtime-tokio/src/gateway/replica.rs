@@ -20,6 +20,7 @@ use hypergate_adapters::clock::{Clock, SystemClock};
 use hypergate_adapters::mirror::{LeasedWriter, LeasedWriterError, MirrorError, MirrorStore};
 use hypergate_adapters::relay::{BlockSource, HostConfig, IndexedRelay, RelayHost, RelayStore};
 use hypergate_core::ids::RelayKey;
+use hypergate_core::lease::LeaseId;
 use hypergate_core::nostr::Event;
 use hypergate_core::relay::{RelayOp, WriterKey};
 use tokio::sync::Mutex;
@@ -29,6 +30,17 @@ const LIVE_QUEUE: usize = 1024;
 
 /// A relay host serving the mirror.
 pub(crate) type ReplicaHost = RelayHost<MirrorSource>;
+
+/// A relay's leased gateway writer and the lease it belongs to.
+pub(crate) struct Leased {
+    /// The lease; only its end removes this writer (a newer lease replaces it).
+    pub(crate) lease: LeaseId,
+    /// The writer.
+    pub(crate) writer: LeasedWriter,
+}
+
+/// The leased writers, by relay (lock before the mirror, never after).
+pub(crate) type LeasedWriters = Arc<Mutex<BTreeMap<RelayKey, Leased>>>;
 
 /// Why a gateway append failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +61,7 @@ pub(crate) enum ReplicaWriteError {
 pub(crate) struct MirrorSource {
     relay: RelayKey,
     mirror: Arc<Mutex<MirrorStore>>,
-    writers: Arc<Mutex<BTreeMap<RelayKey, LeasedWriter>>>,
+    writers: LeasedWriters,
 }
 
 impl std::fmt::Debug for MirrorSource {
@@ -95,6 +107,7 @@ impl RelayStore for MirrorSource {
         let mut writers = self.writers.lock().await;
         let leased = writers
             .get_mut(&self.relay)
+            .map(|leased| &mut leased.writer)
             .filter(|leased| leased.writer_key() == *writer)
             .ok_or_else(|| ReplicaWriteError::NoLease(writer.to_hex()))?;
         let mut mirror = self.mirror.lock().await;
@@ -109,7 +122,7 @@ impl RelayStore for MirrorSource {
 pub(crate) struct ReplicaHosts {
     index_dir: PathBuf,
     mirror: Arc<Mutex<MirrorStore>>,
-    writers: Arc<Mutex<BTreeMap<RelayKey, LeasedWriter>>>,
+    writers: LeasedWriters,
     hosts: Mutex<BTreeMap<RelayKey, Arc<Mutex<ReplicaHost>>>>,
 }
 
@@ -117,7 +130,7 @@ impl ReplicaHosts {
     pub(crate) fn new(
         index_dir: PathBuf,
         mirror: Arc<Mutex<MirrorStore>>,
-        writers: Arc<Mutex<BTreeMap<RelayKey, LeasedWriter>>>,
+        writers: LeasedWriters,
     ) -> ReplicaHosts {
         ReplicaHosts {
             index_dir,

@@ -22,10 +22,10 @@ use std::time::Instant;
 use hypergate_adapters::clock::{Clock, SystemClock};
 use hypergate_adapters::crypto::{Identity, LeaseVault};
 use hypergate_adapters::drive::GatewayDrives;
-use hypergate_adapters::mirror::{LeasedWriter, MirrorStore};
-use hypergate_adapters::peer_link::PeerLink;
+use hypergate_adapters::mirror::MirrorStore;
+use hypergate_adapters::peer_link::{CloseCode, PeerLink};
 use hypergate_core::gateway::{Gateway, GatewayEvent, WriteId};
-use hypergate_core::ids::{PeerId, RelayKey};
+use hypergate_core::ids::PeerId;
 use hypergate_core::lease::LeaseEvent;
 use hypergate_core::router::{RouterEvent, SessionId};
 use hypergate_core::time::UnixTime;
@@ -34,7 +34,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::escrow_link::EscrowLink;
 use super::metrics::GatewayMetrics;
-use super::replica::ReplicaHosts;
+use super::replica::{LeasedWriters, ReplicaHosts};
 use super::tokens::TokenKeys;
 
 /// What a client session hears from the drain.
@@ -80,7 +80,7 @@ pub(crate) struct Shared {
     pub(crate) clock: SystemClock,
     pub(crate) mirror: Arc<tokio::sync::Mutex<MirrorStore>>,
     /// Leased gateway writers, by relay (lock before the mirror, never after).
-    pub(crate) writers: Arc<tokio::sync::Mutex<BTreeMap<RelayKey, LeasedWriter>>>,
+    pub(crate) writers: LeasedWriters,
     pub(crate) vault: LeaseVault,
     pub(crate) replicas: ReplicaHosts,
     pub(crate) escrow: Option<EscrowLink>,
@@ -227,6 +227,13 @@ impl Shared {
         if queue.try_send(frame).is_err() {
             tracing::warn!(peer = %peer.short(), "peer link outbound queue full or closed: dropping the link");
             state.outbound.remove(&peer);
+            if let Some(link) = state.links.remove(&peer) {
+                tokio::spawn(async move {
+                    let _ = link
+                        .close(CloseCode::GOING_AWAY, "outbound queue full")
+                        .await;
+                });
+            }
             state.core.handle_link_down(peer, now);
         }
     }
@@ -281,7 +288,16 @@ impl Shared {
                 tracing::info!(lease = %id, reason = ?reason, wiped, "lease ended");
                 let shared = Arc::clone(self);
                 tokio::spawn(async move {
-                    shared.writers.lock().await.remove(&id.relay);
+                    {
+                        // Only this lease's writer: a newer lease may have replaced it already.
+                        let mut writers = shared.writers.lock().await;
+                        if writers
+                            .get(&id.relay)
+                            .is_some_and(|leased| leased.lease == id)
+                        {
+                            writers.remove(&id.relay);
+                        }
+                    }
                     if let Some(escrow) = &shared.escrow {
                         escrow.release(&shared, id).await;
                     }

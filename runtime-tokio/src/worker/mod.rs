@@ -26,6 +26,7 @@ mod connection;
 pub mod data_dir;
 mod gateway;
 mod server;
+pub(crate) use server::accepts_nostr_json;
 pub(crate) mod session_pump;
 pub mod status;
 pub mod store;

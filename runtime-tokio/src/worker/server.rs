@@ -149,7 +149,8 @@ fn serve(
         .into_response()
 }
 
-fn accepts_nostr_json(headers: &HeaderMap) -> bool {
+/// Whether the request asks for the NIP-11 document (`Accept: application/nostr+json`).
+pub(crate) fn accepts_nostr_json(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()
