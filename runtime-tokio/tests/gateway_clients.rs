@@ -141,7 +141,7 @@ async fn unknown_relays_unauthorised_clients_and_unservable_relays_get_the_origi
         format!(r#"{{"relayKey":"{guarded}"}}"#).as_bytes(),
     )
     .await;
-    let token: serde_json::Value = serde_json::from_str(&issued).unwrap();
+    let token = issued.json();
     let token = token["token"].as_str().unwrap();
     let mut admitted = connect(&format!("{base}/relay/{guarded}?token={token}")).await;
     let quiet = tokio::time::timeout(Duration::from_millis(500), admitted.next()).await;

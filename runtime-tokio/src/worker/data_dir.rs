@@ -13,6 +13,11 @@
 //!       writers/<writer key hex>/           writer logs: the worker's own (events it accepted)
 //!                                           and the gateway writer's (ingested at resync)
 //!       index.redb                          the relay index, rebuilt from the logs at each start
+//!       drive/meta/, drive/blobs/           the relay's drive (metadata + blobs logs): files at
+//!                                           `/<sanitised identifier>/<sanitised file>`, the
+//!                                           gateway drives' paths, imported at resync
+//!       drive-import.json                   per gateway drive (by sanitised identifier) the
+//!                                           version imported through; written after the files
 //!     .creating-<pid>/                      a relay being created; never served
 //! ```
 //!

@@ -18,6 +18,9 @@
 //!   writes ingested at resync, rotations). The agent also serves the NIP-01 sessions the
 //!   gateway forwards over the link, on the same relay hosts as the local server (see
 //!   [`crate::worker_agent::ForwardedSessions`]).
+//! - `run` serves `GET /drive/<identifier>/<file>` from the relays' drives, where the files the
+//!   gateway stored while the worker was away land at resync (see
+//!   [`crate::worker_agent::drive`]).
 //! - `run` serves `GET /status`: the [`WorkerStatus`] as JSON (the agent's, or without a
 //!   gateway one that lists the relays and `gatewayConnected: false`). `status` fetches it and
 //!   prints it as a table or (`--json`) as it came; unreachable: exit 1.
@@ -206,12 +209,17 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         Some(agent) => server::StatusSource::Agent(agent.clone()),
         None => server::StatusSource::Standalone(standalone_status(&dir, &identity, &served)),
     };
+    let drives = match &agent {
+        Some(agent) => agent.drives(),
+        None => Arc::new(worker_agent::RelayDrives::new(&options.data_dir)),
+    };
     let (shutdown_tx, shutdown) = watch::channel(false);
     let state = Arc::new(server::ServerState {
         relays: served,
         connection,
         shutdown,
         status,
+        drives,
     });
     // Frames are small and many (an EVENT per stored event, then EOSE): without TCP_NODELAY,
     // Nagle's algorithm and delayed ACKs hold each answer back by ~40 ms.

@@ -1,7 +1,9 @@
 //! The worker's local HTTP surface: NIP-01 over WebSocket, the NIP-11 document and the status.
 //!
 //! Routes: `/relay/<relayKey>` for every hosted relay, `/` when the worker hosts exactly
-//! one, and `GET /status` (the [`WorkerStatus`] as JSON). A WebSocket upgrade gets a NIP-01 session; `Accept: application/nostr+json` gets the
+//! one, `GET /status` (the [`WorkerStatus`] as JSON) and `GET /drive/<identifier>/<file>`
+//! (the relay's drive, as the gateway reads it over the link: see
+//! [`crate::worker_agent::drive`]; other methods 405). A WebSocket upgrade gets a NIP-01 session; `Accept: application/nostr+json` gets the
 //! relay's NIP-11 document (with the CORS headers NIP-11 asks for); any other GET gets a short
 //! text saying what the URL is. An unknown or malformed relay key is a 404 / 400 with a JSON
 //! `{error}` body. Frames longer than twice the session's frame limit are refused by the
@@ -23,7 +25,7 @@ use tokio::sync::{Mutex, watch};
 
 use super::WorkerStore;
 use super::connection::{self, ConnectionConfig};
-use crate::worker_agent::{WorkerAgentHandle, WorkerStatus};
+use crate::worker_agent::{RelayDrives, WorkerAgentHandle, WorkerStatus};
 
 /// One relay as the server sees it.
 pub(super) struct ServedRelay {
@@ -43,6 +45,8 @@ pub(super) struct ServerState {
     pub(super) shutdown: watch::Receiver<bool>,
     /// Where `/status` comes from.
     pub(super) status: StatusSource,
+    /// The relays' drives (the agent's when there is one: it writes them).
+    pub(super) drives: Arc<RelayDrives>,
 }
 
 /// Where `/status` comes from.
@@ -59,6 +63,7 @@ pub(super) fn router(state: Arc<ServerState>) -> Router {
         .route("/", get(root))
         .route("/relay/{relay_key}", get(relay))
         .route("/status", get(status))
+        .route("/drive/{identifier}/{file}", get(drive))
         .with_state(state)
 }
 
@@ -86,6 +91,21 @@ async fn status(State(state): State<Arc<ServerState>>) -> Response {
         StatusSource::Standalone(status) => status.clone(),
     };
     axum::Json(status).into_response()
+}
+
+async fn drive(
+    State(state): State<Arc<ServerState>>,
+    Path((identifier, file)): Path<(String, String)>,
+) -> Response {
+    let hosted: Vec<RelayKey> = state.relays.keys().copied().collect();
+    let answer = state.drives.answer_get(&hosted, &identifier, &file).await;
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(header::CONTENT_TYPE, answer.content_type)],
+        answer.body,
+    )
+        .into_response()
 }
 
 async fn relay(

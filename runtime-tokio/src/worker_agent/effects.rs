@@ -14,6 +14,7 @@ use hypergate_core::wire::{
 };
 use hypergate_core::worker::{Effect, EffectKind, EffectOutput, OwnerOp};
 
+use super::drive::import::import_gateway_drives;
 use super::mirror::decode_mirror_response;
 use super::{EscrowSettings, HostedRelay, Shared};
 use crate::escrow::client::{ClientError, DepositParams, RevokeBy, deposit_body};
@@ -45,10 +46,21 @@ pub(crate) async fn perform(
                 gateway_writer_length: length,
             })
         }
-        EffectKind::FetchDriveFiles { .. } => Err(
-            "fetching gateway drive files is not implemented by this agent yet (no drive transfer on the link)"
-                .into(),
-        ),
+        EffectKind::FetchDriveFiles {
+            drive_identifier,
+            drive_version,
+        } => {
+            import_gateway_drives(
+                ctx.link,
+                &ctx.shared.drives,
+                relay,
+                drive_identifier.as_deref(),
+                *drive_version,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok(EffectOutput::Done)
+        }
         EffectKind::ReplayHttpArtifacts => Err(
             "replaying HTTP artifacts lands with the gateway issue (no artifact transfer on the link yet)"
                 .into(),

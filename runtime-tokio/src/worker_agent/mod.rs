@@ -20,9 +20,13 @@
 //! - **Pending writes.** A `PendingWritePush` is accepted only on the link whose authenticated
 //!   remote is the pinned gateway (anything else is answered with an `Error` and ignored); it is
 //!   acked, then `WorkerCore`'s effects run against real storage ([`effects`]): the gateway
-//!   writer's blocks are fetched over the link as proofs and verified into the relay, then
-//!   resync-complete, then rotation (owner-log batch `RemoveWriter` + `AddWriter`, revoke the
-//!   old deposit, deposit the new key).
+//!   writer's blocks are fetched over the link as proofs and verified into the relay, the
+//!   files the gateway wrote to its drive are copied (checked) into the relay's drive
+//!   ([`drive`]), then resync-complete, then rotation (owner-log batch `RemoveWriter` +
+//!   `AddWriter`, revoke the old deposit, deposit the new key). `ReplayHttpArtifacts` still
+//!   fails: the gateway stores no artifacts and never marks that type.
+//! - **Drive reads.** The gateway's `HttpRequest{GET, /drive/<identifier>/<file>}` (its
+//!   peer-first read) is answered from the relay's drive; see [`drive`].
 //! - **Escrow** (optional): the gateway writer's `WriterPackage` is sealed to the escrow's key,
 //!   signed with the relay key and deposited; re-deposited before it expires (checked every
 //!   `advertise_interval`, connected or not).
@@ -37,6 +41,7 @@
 //!   ([`WorkerAgentHandle::with_relay`], [`WorkerAgentHandle::append_events`]) and catches up
 //!   when [`WorkerAgentHandle::log_changes`] moves.
 
+pub mod drive;
 mod effects;
 mod forwarded;
 pub mod keys;
@@ -62,6 +67,7 @@ use tokio::sync::{Mutex, Notify, watch};
 
 use crate::escrow::EscrowClient;
 
+pub use drive::{DriveAnswer, RelayDrives};
 pub use forwarded::ForwardedSessions;
 pub use keys::RelayKeys;
 pub use mirror::{
@@ -173,6 +179,8 @@ pub(crate) struct Shared {
     pub(crate) forwarded: std::sync::Mutex<Option<Arc<ForwardedSessions>>>,
     /// Forwarded sessions whose tasks run, across links.
     pub(crate) forwarded_open: Arc<AtomicUsize>,
+    /// Every relay's drive (gateway drive files imported at resync).
+    pub(crate) drives: Arc<RelayDrives>,
 }
 
 /// The relays directory inside a data directory.
@@ -236,6 +244,7 @@ pub async fn start(config: WorkerAgentConfig) -> Result<WorkerAgentHandle, Agent
         revision: watch::Sender::new(0),
         forwarded: std::sync::Mutex::new(None),
         forwarded_open: Arc::new(AtomicUsize::new(0)),
+        drives: Arc::new(RelayDrives::new(&config.data_dir)),
     });
     let task = tokio::spawn(session::run(config, Arc::clone(&shared)));
     Ok(WorkerAgentHandle {
@@ -345,6 +354,13 @@ impl WorkerAgentHandle {
             .get_mut(&relay)
             .ok_or(AgentError::UnknownRelay(relay))?;
         Ok(read(&mut hosted.logs).await)
+    }
+
+    /// The relays' drives, for another view in the process (the local server) to read: the
+    /// agent imports into them, so there must be one owner of the files.
+    #[must_use]
+    pub fn drives(&self) -> Arc<RelayDrives> {
+        Arc::clone(&self.shared.shared.drives)
     }
 
     /// Serves the NIP-01 sessions the gateway forwards over the link from now on, from

@@ -323,6 +323,19 @@ async fn handle_frame(
         Message::MirrorProofRequest(request) => {
             answer_mirror(shared, request.core_key, MirrorAsk::Proofs(&request)).await
         }
+        Message::HttpRequest(request) => {
+            // Answered in its own task: a large file must not hold up the link's frames.
+            let hosted: Vec<RelayKey> = shared.relays.lock().await.keys().copied().collect();
+            let drives = Arc::clone(&shared.drives);
+            let link = link.clone();
+            tokio::spawn(async move {
+                let answer = drives.answer_link_request(&hosted, &request).await;
+                let _ = link
+                    .send(Frame::new(id, Message::HttpResponse(answer)))
+                    .await;
+            });
+            return;
+        }
         Message::Heartbeat(beat) => Message::HeartbeatAck(Heartbeat {
             seq: beat.seq,
             sent_at: effects::unix_now(),

@@ -293,32 +293,10 @@ pub(crate) async fn get_json(addr: SocketAddr, path: &str) -> Value {
     serde_json::from_str(&body).unwrap_or(Value::Null)
 }
 
-/// `GET http://addr/path`: the body (HTTP/1.0, no keep-alive).
+/// `GET http://addr/path`: the body as text (HTTP/1.0, no keep-alive).
 pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> String {
-    http_request(addr, "GET", path, b"").await
-}
-
-/// `METHOD http://addr/path` with `body`: the response body (HTTP/1.0, no keep-alive).
-pub(crate) async fn http_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let text = String::from_utf8_lossy(&response).into_owned();
-    text.split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
+    let answer = http_request(addr, "GET", path, b"").await;
+    String::from_utf8_lossy(&answer.body).into_owned()
 }
 
 /// nostr-tools (npm) installed in a temp dir, driving `tests/js/nostr_tools_step.mjs`.
@@ -391,5 +369,67 @@ impl NostrTools {
         });
         assert_eq!(report["ok"], true, "nostr-tools step failed: {report}");
         report
+    }
+}
+
+/// An HTTP answer: status, headers (names lower-cased) and body.
+#[derive(Debug)]
+pub(crate) struct HttpAnswer {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    /// The first value of header `name` (lower case).
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (`Null` if it is not JSON).
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// `METHOD http://addr/path` with `body` (HTTP/1.0, no keep-alive): the whole answer.
+pub(crate) async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> HttpAnswer {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let split = response
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .expect("no end of the response head");
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .expect("no status line");
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    HttpAnswer {
+        status,
+        headers,
+        body: response[split + 4..].to_vec(),
     }
 }
