@@ -880,7 +880,7 @@ impl WorkerCore {
             }
             (
                 Step::FetchDrive { .. }
-                | Step::ReplayHttp
+                | Step::ReplayHttp { .. }
                 | Step::AppendOwnerOps { .. }
                 | Step::Revoke { .. },
                 EffectOutput::Done,

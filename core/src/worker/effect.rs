@@ -64,9 +64,12 @@ pub enum EffectKind {
         /// The drive version the gateway reached.
         drive_version: Option<u64>,
     },
-    /// Replay the HTTP artifacts (joins, auth callbacks) the gateway stored. Answer
-    /// [`EffectOutput::Done`].
-    ReplayHttpArtifacts,
+    /// Replay the HTTP artifacts (joins, auth callbacks) the gateway stored in the relay's
+    /// drive. Answer [`EffectOutput::Done`].
+    ReplayHttpArtifacts {
+        /// The drive the artifacts are in, as the gateway named it (absent: the relay's own).
+        drive_identifier: Option<String>,
+    },
     /// Send [`ResyncComplete`] to the gateway (see [`Effect::resync_complete`]). Answer
     /// [`EffectOutput::Done`] once it was sent.
     SendResyncComplete {
@@ -105,7 +108,7 @@ impl EffectKind {
         match self {
             EffectKind::IngestGatewayEvents { .. } => "ingest-gateway-events",
             EffectKind::FetchDriveFiles { .. } => "fetch-drive-files",
-            EffectKind::ReplayHttpArtifacts => "replay-http-artifacts",
+            EffectKind::ReplayHttpArtifacts { .. } => "replay-http-artifacts",
             EffectKind::SendResyncComplete { .. } => "send-resync-complete",
             EffectKind::GenerateWriterKey => "generate-writer-key",
             EffectKind::AppendOwnerOps { .. } => "append-owner-ops",

@@ -18,7 +18,9 @@ pub(super) enum Step {
         drive_identifier: Option<String>,
         drive_version: Option<u64>,
     },
-    ReplayHttp,
+    ReplayHttp {
+        drive_identifier: Option<String>,
+    },
     ResyncComplete {
         through: UnixTime,
     },
@@ -51,7 +53,9 @@ impl Step {
                 drive_identifier: drive_identifier.clone(),
                 drive_version: *drive_version,
             },
-            Step::ReplayHttp => EffectKind::ReplayHttpArtifacts,
+            Step::ReplayHttp { drive_identifier } => EffectKind::ReplayHttpArtifacts {
+                drive_identifier: drive_identifier.clone(),
+            },
             Step::ResyncComplete { through } => EffectKind::SendResyncComplete {
                 resynced_through: *through,
                 gateway_writer_length: writer_length,
@@ -81,7 +85,7 @@ impl Step {
         match self {
             Step::Ingest => "ingest-gateway-events",
             Step::FetchDrive { .. } => "fetch-drive-files",
-            Step::ReplayHttp => "replay-http-artifacts",
+            Step::ReplayHttp { .. } => "replay-http-artifacts",
             Step::ResyncComplete { .. } => "send-resync-complete",
             Step::GenerateKey => "generate-writer-key",
             Step::AppendOwnerOps { .. } => "append-owner-ops",
@@ -146,7 +150,12 @@ impl Job {
             });
         }
         if has(PendingType::HttpArtifact) {
-            steps.push_back(Step::ReplayHttp);
+            steps.push_back(Step::ReplayHttp {
+                drive_identifier: push
+                    .drive_identifier
+                    .as_ref()
+                    .map(|id| id.as_str().to_owned()),
+            });
         }
         steps.push_back(Step::ResyncComplete {
             through: push.updated_at,

@@ -61,10 +61,11 @@ pub(crate) async fn perform(
             .map_err(|e| e.to_string())?;
             Ok(EffectOutput::Done)
         }
-        EffectKind::ReplayHttpArtifacts => Err(
-            "replaying HTTP artifacts lands with the gateway issue (no artifact transfer on the link yet)"
-                .into(),
-        ),
+        EffectKind::ReplayHttpArtifacts { drive_identifier } => {
+            super::artifacts::replay(ctx.link, ctx.shared, relay, drive_identifier.as_deref())
+                .await?;
+            Ok(EffectOutput::Done)
+        }
         EffectKind::SendResyncComplete { .. } => {
             let Some(done) = effect.resync_complete() else {
                 return Err("not a resync-complete effect".into());
@@ -114,7 +115,11 @@ pub(crate) async fn perform(
             };
             match escrow
                 .client
-                .revoke(&RevokeBy::EscrowId(escrow_id.clone()), None, reason.as_str())
+                .revoke(
+                    &RevokeBy::EscrowId(escrow_id.clone()),
+                    None,
+                    reason.as_str(),
+                )
                 .await
             {
                 Ok(_) => Ok(EffectOutput::Done),

@@ -23,8 +23,8 @@
 //!   writer's blocks are fetched over the link as proofs and verified into the relay, the
 //!   files the gateway wrote to its drive are copied (checked) into the relay's drive
 //!   ([`drive`]), then resync-complete, then rotation (owner-log batch `RemoveWriter` +
-//!   `AddWriter`, revoke the old deposit, deposit the new key). `ReplayHttpArtifacts` still
-//!   fails: the gateway stores no artifacts and never marks that type.
+//!   `AddWriter`, revoke the old deposit, deposit the new key). HTTP artifacts (joins, auth
+//!   callbacks) the gateway stored are replayed ([`artifacts`]).
 //! - **Drive reads.** The gateway's `HttpRequest{GET, /drive/<identifier>/<file>}` (its
 //!   peer-first read) is answered from the relay's drive; see [`drive`].
 //! - **Escrow** (optional): the gateway writer's `WriterPackage` is sealed to the escrow's key,
@@ -41,6 +41,7 @@
 //!   ([`WorkerAgentHandle::with_relay`], [`WorkerAgentHandle::append_events`]) and catches up
 //!   when [`WorkerAgentHandle::log_changes`] moves.
 
+pub mod artifacts;
 pub mod drive;
 mod effects;
 mod forwarded;

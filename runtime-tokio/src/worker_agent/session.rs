@@ -10,9 +10,9 @@ use hypergate_adapters::peer_link::{
 use hypergate_core::ids::RelayKey;
 use hypergate_core::wire::{
     BoundedString, BoundedVec, Capability, CoreAdvert, CoreRole, ErrorCode, ErrorMessage,
-    EscrowRegistration, Frame, Heartbeat, Hello, Message, MirrorAdvertise, MirrorProofRequest,
-    MirrorRangeRequest, PeerRole, RegisterRelays, RelayLeaseEpoch, RelayMetadata,
-    RelayRegistration,
+    EscrowRegistration, Frame, Heartbeat, Hello, HttpMethod, Message, MirrorAdvertise,
+    MirrorProofRequest, MirrorRangeRequest, PeerRole, RegisterRelays, RelayLeaseEpoch,
+    RelayMetadata, RelayRegistration,
 };
 use hypergate_core::worker::{WorkerCore, WorkerEvent};
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
@@ -322,6 +322,9 @@ async fn handle_frame(
         }
         Message::MirrorProofRequest(request) => {
             answer_mirror(shared, request.core_key, MirrorAsk::Proofs(&request)).await
+        }
+        Message::HttpRequest(request) if request.method == HttpMethod::Post => {
+            Message::HttpResponse(super::artifacts::answer_post(shared, &request).await)
         }
         Message::HttpRequest(request) => {
             // Answered in its own task: a large file must not hold up the link's frames.

@@ -336,7 +336,7 @@ impl SimWorker {
                         };
                         self.results.push((effect.id, result));
                     }
-                    EffectKind::FetchDriveFiles { .. } | EffectKind::ReplayHttpArtifacts => {
+                    EffectKind::FetchDriveFiles { .. } | EffectKind::ReplayHttpArtifacts { .. } => {
                         self.results.push((effect.id, Ok(EffectOutput::Done)));
                     }
                     EffectKind::SendResyncComplete {
