@@ -22,6 +22,7 @@
 
 use std::sync::Arc;
 
+use hypergate_core::escrow::RejectReason;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -39,6 +40,27 @@ const UNLOCK_BUCKETS: [f64; 8] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0];
 const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
+
+/// Every policy reason, exported at 0 from the start (with the unlock and deposit results):
+/// a series that first appears at 1 is invisible to `rate()` and `increase()`, so a first
+/// rejection would not fire an alert.
+pub const POLICY_REASONS: [RejectReason; 13] = [
+    RejectReason::RecordRevoked,
+    RejectReason::RecordExpired,
+    RejectReason::RegistrationFlagMissing,
+    RejectReason::PeersStillHealthy,
+    RejectReason::PeerTimeoutNotReached,
+    RejectReason::MirrorTooStale,
+    RejectReason::MirrorWindowExpired,
+    RejectReason::RequesterNotPermitted,
+    RejectReason::UnlockBudgetExhausted,
+    RejectReason::EvidenceMissing,
+    RejectReason::RecordSuperseded,
+    RejectReason::RelayMismatch,
+    RejectReason::LeaseHeldByAnother,
+];
+const UNLOCK_RESULTS: [&str; 4] = ["success", "refetch", "policy-rejection", "error"];
+const DEPOSIT_RESULTS: [&str; 3] = ["stored", "rejected", "error"];
 
 /// `{result}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -157,6 +179,17 @@ impl EscrowMetrics {
             "Audit appends that failed (the escrow refuses until restarted)",
             audit_failures.clone(),
         );
+        for result in UNLOCK_RESULTS {
+            unlocks.get_or_create_owned(&ResultLabel { result });
+        }
+        for result in DEPOSIT_RESULTS {
+            deposits.get_or_create_owned(&ResultLabel { result });
+        }
+        for reason in POLICY_REASONS {
+            policy_rejections.get_or_create_owned(&ReasonLabel {
+                reason: reason.as_str(),
+            });
+        }
         Arc::new(Self {
             registry,
             unlocks,

@@ -91,6 +91,7 @@ impl EscrowLink {
             .client
             .unlock(relay, Some(shared.peer_id()), evidence, &escrow_key)
             .await
+            .inspect_err(|e| shared.metrics.escrow_refused(e))
             .map_err(|e| describe(&e))?;
         let key = lease.package.signing_key();
         if let Err(error) = shared.vault.insert(lease.lease_id, key.clone()) {
@@ -139,6 +140,7 @@ impl EscrowLink {
             .client
             .renew(lease, Some(shared.peer_id()), evidence)
             .await
+            .inspect_err(|e| shared.metrics.escrow_refused(e))
             .map_err(|e| describe(&e))?;
         let escrow_id = self
             .escrow_ids

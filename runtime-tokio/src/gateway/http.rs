@@ -33,6 +33,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::clients::{self, ClientConfig};
+use super::metrics::MirrorSnapshot;
 use super::state::Shared;
 use super::{artifacts, drive};
 
@@ -144,11 +145,23 @@ async fn health(State(state): State<Arc<HttpState>>) -> Response {
     .into_response()
 }
 
+/// How long a scrape waits for the mirror store (busy storing a batch) before it answers with
+/// the mirror gauges as they were.
+const MIRROR_SCRAPE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
-    let now = state.shared.clock_now();
-    let text = state
-        .shared
-        .read_core(|core| state.shared.metrics.render(core, now));
+    let shared = &state.shared;
+    // The mirror first, without the core lock (never hold both).
+    let mirror = match tokio::time::timeout(MIRROR_SCRAPE_WAIT, shared.mirror.lock()).await {
+        Ok(store) => Some(MirrorSnapshot::of(&store, shared.unix_now())),
+        Err(_) => {
+            tracing::debug!("mirror store busy: mirror gauges not refreshed this scrape");
+            None
+        }
+    };
+    let now = shared.clock_now();
+    let unix_now = shared.unix_now();
+    let text = shared.read_core(|core| shared.metrics.render(core, mirror.as_ref(), now, unix_now));
     (
         [(
             header::CONTENT_TYPE,
