@@ -179,4 +179,26 @@ async fn a_drive_upload_made_while_the_worker_was_away_is_served_by_the_worker_a
         record["drives"][relay.as_str()]["version"],
         stored.json()["driveVersion"]
     );
+
+    // The worker's drive is mirrored into the gateway like its relay logs (both of its logs,
+    // fully), so the blind peer keeps the files too.
+    let drive_mirrored = eventually(PATIENCE, async || {
+        let replicas = get_json(gateway.http_addr, "/api/blind-peer/replicas").await;
+        let cores = replicas["replicas"][0]["cores"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        ["drive-meta", "drive-blobs"].iter().all(|role| {
+            cores.iter().any(|core| {
+                core["type"] == *role
+                    && core["localLength"].as_u64().unwrap_or(0) > 0
+                    && core["lagBlocks"] == 0
+            })
+        })
+    })
+    .await;
+    assert!(
+        drive_mirrored,
+        "the worker's drive logs were never mirrored"
+    );
 }

@@ -194,6 +194,18 @@ impl Drive {
         &self.dir
     }
 
+    /// The metadata log, to replicate it (answer a mirror's proof requests). Writing to it
+    /// directly would bypass the drive's format: only [`Drive::write`] and [`Drive::delete`]
+    /// append.
+    pub fn meta_log_mut(&mut self) -> &mut HyperLog {
+        &mut self.meta
+    }
+
+    /// The blobs log, to replicate it (see [`Drive::meta_log_mut`]).
+    pub fn blobs_log_mut(&mut self) -> &mut HyperLog {
+        &mut self.blobs
+    }
+
     /// The drive's key: the metadata log's public key.
     pub fn key(&self) -> [u8; 32] {
         self.meta.public_key().to_bytes()

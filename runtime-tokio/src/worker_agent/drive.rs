@@ -106,6 +106,18 @@ impl RelayDrives {
         Ok(work(drive).await)
     }
 
+    /// Runs `work` on the relay's drive if it exists (never creates one).
+    pub async fn with_existing_drive<T>(
+        &self,
+        relay: RelayKey,
+        work: impl AsyncFnOnce(&mut Drive) -> T,
+    ) -> Result<Option<T>, DriveError> {
+        if !self.open.lock().await.contains_key(&relay) && !Drive::exists(&self.drive_dir(&relay)) {
+            return Ok(None);
+        }
+        self.with_drive(relay, work).await.map(Some)
+    }
+
     /// The verified content of `identifier`'s `file` in the relay's drive, if it is there.
     /// Never creates a drive.
     pub async fn read_file(

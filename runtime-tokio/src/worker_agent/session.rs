@@ -252,6 +252,23 @@ async fn advertise(shared: &Shared, link: &PeerLink) -> Result<(), String> {
             }
         }
     }
+    // Each relay's drive (its metadata and blobs logs) is mirrored too, once it exists.
+    let relays: Vec<RelayKey> = shared.relays.lock().await.keys().copied().collect();
+    for relay in relays {
+        let drive = shared
+            .drives
+            .with_existing_drive(relay, async |drive| {
+                [
+                    (drive.key(), CoreRole::DriveMeta, drive.version()),
+                    (drive.blobs_key(), CoreRole::DriveBlobs, drive.blob_length()),
+                ]
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        for (core, role, length) in drive.into_iter().flatten() {
+            cores.push((core, relay, role, length));
+        }
+    }
     if let Ok(mut status) = shared.status.lock() {
         for (core, relay, role, length) in &cores {
             let entry = status.cores.entry(*core).or_insert((*relay, *role, 0, 0));
@@ -407,6 +424,33 @@ async fn answer_mirror(shared: &Shared, core_key: [u8; 32], ask: MirrorAsk<'_>) 
             }
             Err(e) => error(ErrorCode::Internal, &e.to_string()),
         };
+    }
+    let hosted: Vec<RelayKey> = relays.keys().copied().collect();
+    drop(relays);
+    // Not a relay log: one of a relay's drive logs, perhaps.
+    for relay in hosted {
+        let answered = shared
+            .drives
+            .with_existing_drive(relay, async |drive| {
+                let log = if drive.key() == core_key {
+                    drive.meta_log_mut()
+                } else if drive.blobs_key() == core_key {
+                    drive.blobs_log_mut()
+                } else {
+                    return None;
+                };
+                Some(match &ask {
+                    MirrorAsk::Range(request) => answer_range(log, request).await,
+                    MirrorAsk::Proofs(request) => answer_proof_request(log, request).await,
+                })
+            })
+            .await;
+        match answered {
+            Ok(Some(Some(Ok(response)))) => return Message::MirrorRangeResponse(response),
+            Ok(Some(Some(Err(e)))) => return error(ErrorCode::Internal, &e.to_string()),
+            Err(e) => return error(ErrorCode::Internal, &e.to_string()),
+            Ok(Some(None) | None) => {}
+        }
     }
     error(ErrorCode::NotFound, "no such core here")
 }
