@@ -62,7 +62,9 @@ use crate::router::{
     AttemptId, Router, RouterConfig, RouterError, RouterEvent, SessionId, SessionKind,
 };
 use crate::time::{UnixTime, duration_millis};
-use crate::wire::{Frame, Heartbeat, Message, RegisterAck, RegisterRelays, RelayLeaseEpoch};
+use crate::wire::{
+    Frame, Heartbeat, Message, RegisterAck, RegisterRelays, RelayLeaseEpoch, RelayRegistration,
+};
 
 /// Tuning of the gateway composition.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -377,6 +379,15 @@ impl Gateway {
         if length > 0 && self.registry.relay(&relay).is_some() {
             self.router.handle_replica_available(relay, true, now);
         }
+        self.pump(now);
+    }
+
+    /// An operator registers a relay or updates it (`POST /api/relays`); no worker is
+    /// attached. A relay with a mirror is routable to it at once.
+    pub fn handle_operator_registration(&mut self, registration: &RelayRegistration, now: Instant) {
+        let unix = self.unix_time(now);
+        self.registry
+            .handle_operator_registration(registration, unix);
         self.pump(now);
     }
 

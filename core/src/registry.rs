@@ -308,6 +308,41 @@ impl Registry {
         now: UnixTime,
     ) {
         let relay = registration.relay_key;
+        self.merge(registration, now);
+        let Some(record) = self.relays.get_mut(&relay) else {
+            return; // `merge` always leaves the record in place
+        };
+        match record.workers.get_mut(&worker) {
+            Some(entry) => entry.last_registered_at = now,
+            None => {
+                record.workers.insert(
+                    worker,
+                    WorkerEntry {
+                        first_registered_at: now,
+                        last_registered_at: now,
+                    },
+                );
+                self.events
+                    .push_back(RegistryEvent::WorkerAttached { relay, worker });
+            }
+        }
+    }
+
+    /// An operator registers a relay, or updates its metadata and aliases
+    /// (`POST /api/relays`), with the same merge rules as a worker's registration but
+    /// without attaching a worker: the relay is known (and served from its mirror, if any)
+    /// before any of its workers link.
+    pub fn handle_operator_registration(
+        &mut self,
+        registration: &RelayRegistration,
+        now: UnixTime,
+    ) {
+        self.merge(registration, now);
+    }
+
+    /// Creates or merges the relay's record (metadata, auth flag, escrow, aliases).
+    fn merge(&mut self, registration: &RelayRegistration, now: UnixTime) {
+        let relay = registration.relay_key;
         let incoming_metadata = metadata_from_wire(registration);
         let record = match self.relays.entry(relay) {
             std::collections::btree_map::Entry::Vacant(slot) => {
@@ -369,21 +404,6 @@ impl Registry {
             self.aliases.insert(alias.clone(), relay);
             record.identifiers.insert(alias);
             changed = true;
-        }
-
-        match record.workers.get_mut(&worker) {
-            Some(entry) => entry.last_registered_at = now,
-            None => {
-                record.workers.insert(
-                    worker,
-                    WorkerEntry {
-                        first_registered_at: now,
-                        last_registered_at: now,
-                    },
-                );
-                self.events
-                    .push_back(RegistryEvent::WorkerAttached { relay, worker });
-            }
         }
         record.updated_at = now;
         if changed {

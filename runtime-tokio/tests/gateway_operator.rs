@@ -93,6 +93,24 @@ async fn an_operator_lists_requests_and_revokes_leases_with_ctl_and_needs_the_to
     })
     .await;
     assert!(listed, "ctl relays never showed the worker's relay");
+    // An operator gives the relay an alias; clients reach it by the original's `/:a/:b` form.
+    let registered = register(gateway.http_addr, Some(TOKEN), &format!(
+        r#"{{"relayKey":"{relay}","identifiers":["npub1ops:club"],"metadata":{{"name":"Club"}}}}"#
+    ))
+    .await;
+    assert_eq!(registered.status, 200, "{:?}", registered.json());
+    assert_eq!(registered.json()["identifiers"][0], "npub1ops:club");
+    assert_eq!(
+        register(gateway.http_addr, Some(TOKEN), r#"{"identifiers":[]}"#)
+            .await
+            .status,
+        400
+    );
+    assert_eq!(register(gateway.http_addr, None, "{}").await.status, 401);
+    let mut aliased =
+        gateway_support::connect(&format!("ws://{}/npub1ops/club", gateway.http_addr)).await;
+    let stored = gateway_support::query(&mut aliased, "alias", r#"{"limit":1}"#).await;
+    assert!(stored.len() <= 1);
     let (ok, replicas, _) = ctl(&url, &token_file, &["replicas"]);
     assert!(ok);
     assert_eq!(replicas["replicas"][0]["relayKey"], relay.as_str());
@@ -135,4 +153,33 @@ async fn an_operator_lists_requests_and_revokes_leases_with_ctl_and_needs_the_to
     let (ok, _, stderr) = ctl(&url, &wrong, &["leases"]);
     assert!(!ok);
     assert!(stderr.contains("401"), "{stderr}");
+}
+
+/// `POST /api/relays` with `body`, authenticated with `token` when given.
+async fn register(
+    addr: std::net::SocketAddr,
+    token: Option<&str>,
+    body: &str,
+) -> gateway_support::HttpAnswer {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token.map_or(String::new(), |token| {
+        format!("Authorization: Bearer {token}\r\n")
+    });
+    let head = format!(
+        "POST /api/relays HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    gateway_support::HttpAnswer {
+        status,
+        headers: Vec::new(),
+        body: body.as_bytes().to_vec(),
+    }
 }

@@ -354,3 +354,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_operator_registration_creates_the_relay_with_its_aliases_and_attaches_no_worker() {
+    let mut registry = Registry::new();
+    registry.handle_operator_registration(
+        &registration(relay(4), Some("club"), &["npub1op:club"]),
+        UnixTime(10),
+    );
+    let record = registry.relay(&relay(4)).unwrap();
+    assert!(record.workers.is_empty());
+    assert_eq!(registry.resolve("npub1op:club"), Some(relay(4)));
+    let events: Vec<_> = std::iter::from_fn(|| registry.poll_event()).collect();
+    assert!(events.contains(&RegistryEvent::RelayAdded { relay: relay(4) }));
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, RegistryEvent::WorkerAttached { .. }))
+    );
+    // A worker registering later attaches to the same record and keeps the alias.
+    registry.handle_registration(worker(1), &registration(relay(4), None, &[]), UnixTime(20));
+    let record = registry.relay(&relay(4)).unwrap();
+    assert_eq!(record.workers.len(), 1);
+    assert!(record.identifiers.contains("npub1op:club"));
+}

@@ -111,8 +111,8 @@ async fn handle(
     if let Some(answer) = forward(state, relay, &format!("{route}/{identifier}"), body).await {
         return answer;
     }
-    let epoch = match lease_for_write(shared, identifier).await {
-        Ok(epoch) => epoch,
+    let permit = match lease_for_write(shared, relay, identifier).await {
+        Ok(permit) => permit,
         Err(answer) => return answer,
     };
     let received = shared.unix_now().0;
@@ -147,11 +147,7 @@ async fn handle(
                 drive_version: Some(receipt.version),
                 lease_version: None,
             };
-            shared.with_core(|core, now| {
-                if let Err(e) = core.core.handle_write_appended(relay, epoch, mark, now) {
-                    tracing::warn!(error = %e, "pending mark for an artifact failed");
-                }
-            });
+            permit.appended(mark);
             if let Err(e) = shared.persist_registry().await {
                 tracing::error!(error = %e, "the registry snapshot could not be written");
             }
@@ -166,7 +162,7 @@ async fn handle(
                 .into_response()
         }
         Err(e) => {
-            shared.with_core(|core, now| core.core.handle_write_failed(relay, now));
+            drop(permit); // reported failed
             tracing::warn!(error = %e, "storing an HTTP artifact failed");
             error(StatusCode::SERVICE_UNAVAILABLE, "gateway-drive-unavailable")
         }

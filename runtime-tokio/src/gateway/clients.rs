@@ -172,6 +172,9 @@ struct Client {
     out: mpsc::Sender<WsMessage>,
     live_tx: mpsc::Sender<LiveItem>,
     writes: JoinSet<WriteDone>,
+    /// Write tasks whose append the core already counts as in flight from the start (an
+    /// `Append` verdict); each must be settled, also when the connection ends first.
+    counted_writes: BTreeSet<tokio::task::Id>,
 }
 
 /// Why the connection ends.
@@ -251,6 +254,7 @@ pub(crate) async fn serve(
         out,
         live_tx,
         writes: JoinSet::new(),
+        counted_writes: BTreeSet::new(),
     };
 
     let ending = loop {
@@ -273,9 +277,13 @@ pub(crate) async fn serve(
             Some((subscription, subscriber, message)) = live_rx.recv() => {
                 client.on_live(&subscription, subscriber, &message)
             }
-            Some(done) = client.writes.join_next(), if !client.writes.is_empty() => match done {
-                Ok((event, result)) => client.on_write_done(event, result).await,
+            Some(done) = client.writes.join_next_with_id(), if !client.writes.is_empty() => match done {
+                Ok((id, (event, result))) => {
+                    client.counted_writes.remove(&id);
+                    client.on_write_done(event, result).await
+                }
                 Err(error) => {
+                    client.counted_writes.remove(&error.id());
                     tracing::warn!(%error, "a gateway write task failed");
                     Ok(())
                 }
@@ -287,6 +295,7 @@ pub(crate) async fn serve(
         }
     };
 
+    client.settle_unfinished_writes().await;
     client.leave_mode().await;
     let out_close = client.out.clone();
     shared.with_core(|state, now| {
@@ -627,7 +636,8 @@ impl Client {
                 Err(error) => Pending::Error(error.to_string()),
             }
         });
-        self.writes.spawn(async move {
+        let counted = matches!(decision, Pending::Now(_));
+        let task = self.writes.spawn(async move {
             let result = match decision {
                 Pending::Now(epoch) => Ok(epoch),
                 Pending::Waiting(rx) => match tokio::time::timeout(LEASE_WAIT, rx).await {
@@ -647,6 +657,34 @@ impl Client {
             };
             (event, result)
         });
+        if counted {
+            self.counted_writes.insert(task.id());
+        }
+    }
+
+    /// The connection ends with writes not yet answered: each one the core counts as an
+    /// append in flight is reported failed (it was not made), or the relay's pending writes
+    /// could never be cleared. Writes still waiting for a lease are settled by the core when
+    /// the lease answer finds their waiter gone.
+    async fn settle_unfinished_writes(&mut self) {
+        self.writes.abort_all();
+        let mut unsettled = 0usize;
+        while let Some(done) = self.writes.join_next_with_id().await {
+            match done {
+                Ok((_, (_, Ok(_epoch)))) => unsettled += 1,
+                Ok(_) => {}
+                Err(error) => unsettled += usize::from(self.counted_writes.contains(&error.id())),
+            }
+        }
+        self.counted_writes.clear();
+        let relay = self.relay;
+        if unsettled > 0 {
+            self.shared.with_core(|state, now| {
+                for _ in 0..unsettled {
+                    state.core.handle_write_failed(relay, now);
+                }
+            });
+        }
     }
 
     /// Appends an allowed write (or answers a refused one) and reports it to the core.

@@ -175,11 +175,52 @@ pub(crate) fn check_token(
     }
 }
 
-/// Decides whether the gateway may write for `relay` now: the lease epoch, or the 425 answer.
+/// An append the core allowed and counts as in flight until it is reported: made
+/// ([`AppendPermit::appended`]) or, when the permit is dropped unused (a failed write, or the
+/// client went away mid-request), failed — so the relay's pending writes can always clear.
+pub(crate) struct AppendPermit {
+    shared: Arc<Shared>,
+    relay: RelayKey,
+    epoch: u64,
+    settled: bool,
+}
+
+impl AppendPermit {
+    /// The write was made durably: the relay's writes are marked pending under the lease.
+    pub(crate) fn appended(mut self, mark: PendingMark) {
+        self.settled = true;
+        let (relay, epoch) = (self.relay, self.epoch);
+        self.shared.with_core(|state, now| {
+            if let Err(e) = state.core.handle_write_appended(relay, epoch, mark, now) {
+                tracing::warn!(error = %e, "pending mark for a gateway write failed");
+            }
+        });
+    }
+}
+
+impl Drop for AppendPermit {
+    fn drop(&mut self) {
+        if !self.settled {
+            let relay = self.relay;
+            self.shared
+                .with_core(|state, now| state.core.handle_write_failed(relay, now));
+        }
+    }
+}
+
+/// Decides whether the gateway may write for `relay` (named `relay_name` by the client) now:
+/// a permit for the append, or the 425 answer.
 pub(crate) async fn lease_for_write(
     shared: &Arc<Shared>,
+    relay: RelayKey,
     relay_name: &str,
-) -> Result<u64, Response> {
+) -> Result<AppendPermit, Response> {
+    let permit = |epoch| AppendPermit {
+        shared: Arc::clone(shared),
+        relay,
+        epoch,
+        settled: false,
+    };
     let missing = |reason: String| {
         (
             StatusCode::TOO_EARLY,
@@ -209,9 +250,9 @@ pub(crate) async fn lease_for_write(
         }
     });
     match decision {
-        Ok(Ok(epoch)) => Ok(epoch),
+        Ok(Ok(epoch)) => Ok(permit(epoch)),
         Ok(Err(waiting)) => match tokio::time::timeout(LEASE_WAIT, waiting).await {
-            Ok(Ok(WriteDecision::Append(epoch))) => Ok(epoch),
+            Ok(Ok(WriteDecision::Append(epoch))) => Ok(permit(epoch)),
             Ok(Ok(WriteDecision::ReadOnly(reason))) => Err(missing(reason)),
             Ok(Err(_)) | Err(_) => Err(missing("the escrow did not answer in time".into())),
         },
@@ -243,8 +284,8 @@ pub(crate) async fn put_drive(
     if let Err(e) = GatewayDrives::relay_file_path(&identifier, &file) {
         return error(StatusCode::BAD_REQUEST, &e.to_string());
     }
-    let epoch = match lease_for_write(shared, &identifier).await {
-        Ok(epoch) => epoch,
+    let permit = match lease_for_write(shared, relay, &identifier).await {
+        Ok(permit) => permit,
         Err(answer) => return answer,
     };
     let written = shared
@@ -262,11 +303,7 @@ pub(crate) async fn put_drive(
                 drive_version: Some(receipt.version),
                 lease_version: None,
             };
-            shared.with_core(|state, now| {
-                if let Err(e) = state.core.handle_write_appended(relay, epoch, mark, now) {
-                    tracing::warn!(error = %e, "pending mark for a drive write failed");
-                }
-            });
+            permit.appended(mark);
             if let Err(e) = shared.persist_registry().await {
                 tracing::error!(error = %e, "the registry snapshot could not be written");
             }
@@ -283,7 +320,7 @@ pub(crate) async fn put_drive(
                 .into_response()
         }
         Err(e) => {
-            shared.with_core(|state, now| state.core.handle_write_failed(relay, now));
+            drop(permit); // reported failed
             tracing::warn!(error = %e, "gateway drive write failed");
             error(StatusCode::SERVICE_UNAVAILABLE, "gateway-drive-unavailable")
         }

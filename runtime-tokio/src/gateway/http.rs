@@ -28,7 +28,10 @@ use hypergate_core::lease::RequestOutcome;
 use hypergate_core::registry::Removal;
 use hypergate_core::session::RelayInformation;
 use hypergate_core::time::UnixTime;
-use hypergate_core::wire::{Frame, Message, ResyncComplete};
+use hypergate_core::wire::{
+    BoundedString, BoundedVec, Frame, Message, RelayMetadata as WireRelayMetadata,
+    RelayRegistration, ResyncComplete,
+};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -105,7 +108,7 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
             "/api/escrow/leases/{relay_key}/request",
             post(lease_request),
         )
-        .route("/api/relays", get(relays))
+        .route("/api/relays", get(relays).post(register_relay))
         .route("/api/relays/{relay_key}", delete(remove_relay))
         .route("/api/relays/{relay_key}/escrow/revoke", post(revoke))
         .route(
@@ -208,6 +211,105 @@ fn operator_relay(
             StatusCode::BAD_REQUEST,
             &format!("invalid relay key: {e}"),
         ))
+    })
+}
+
+/// `POST /api/relays` `{relayKey, identifiers?, metadata?:{name?, description?, avatarUrl?,
+/// isPublic?}, requiresAuth?}`: registers a relay, or adds aliases and metadata to one, without
+/// a worker (workers register over the peer link). 200 with the relay's record.
+async fn register_relay(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(denied) = denied(&state, &headers) {
+        return denied;
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "body is not JSON");
+    };
+    let registration = match operator_registration(&state, &body) {
+        Ok(registration) => registration,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    let relay = registration.relay_key;
+    state.shared.with_core(|core, now| {
+        core.core.handle_operator_registration(&registration, now);
+    });
+    if let Err(e) = state.shared.persist_registry().await {
+        tracing::error!(error = %e, "the registry snapshot could not be written");
+    }
+    let identifiers = state.shared.read_core(|core| {
+        core.core
+            .registry()
+            .relay(&relay)
+            .map(|record| record.identifiers.iter().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+    });
+    axum::Json(json!({ "relayKey": relay.to_hex(), "identifiers": identifiers })).into_response()
+}
+
+/// `text` as a bounded wire string, or what is wrong with it.
+fn bounded<const N: usize>(
+    field: &str,
+    text: Option<String>,
+) -> Result<Option<BoundedString<N>>, String> {
+    text.map(|text| BoundedString::new(text).map_err(|e| format!("{field}: {e}")))
+        .transpose()
+}
+
+/// The registration an operator's `POST /api/relays` body describes, or what is wrong with it.
+fn operator_registration(state: &HttpState, body: &Value) -> Result<RelayRegistration, String> {
+    let relay = body
+        .get("relayKey")
+        .and_then(Value::as_str)
+        .and_then(|key| key.parse::<RelayKey>().ok())
+        .ok_or("relayKey (64 hex) is required")?;
+    let text = |value: &Value, field: &str| -> Result<Option<String>, String> {
+        match value.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.clone())),
+            Some(_) => Err(format!("{field} must be a string")),
+        }
+    };
+    let identifiers = match body.get("identifiers") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .ok_or_else(|| "identifiers must be strings".to_owned())
+                    .and_then(|alias| {
+                        BoundedString::new(alias).map_err(|e| format!("identifier {alias}: {e}"))
+                    })
+            })
+            .collect::<Result<Vec<_>, String>>()?,
+        Some(_) => return Err("identifiers must be an array".into()),
+    };
+    let metadata = body.get("metadata").cloned().unwrap_or(Value::Null);
+    // Without `requiresAuth` the relay keeps what its workers said.
+    let requires_auth = match body.get("requiresAuth") {
+        Some(Value::Bool(flag)) => *flag,
+        None | Some(Value::Null) => state.shared.read_core(|core| {
+            core.core
+                .registry()
+                .relay(&relay)
+                .is_some_and(|record| record.requires_auth)
+        }),
+        Some(_) => return Err("requiresAuth must be a boolean".into()),
+    };
+    Ok(RelayRegistration {
+        relay_key: relay,
+        identifiers: BoundedVec::new(identifiers).map_err(|e| format!("identifiers: {e}"))?,
+        metadata: WireRelayMetadata {
+            name: bounded("metadata.name", text(&metadata, "name")?)?,
+            description: bounded("metadata.description", text(&metadata, "description")?)?,
+            avatar_url: bounded("metadata.avatarUrl", text(&metadata, "avatarUrl")?)?,
+            is_public: metadata.get("isPublic").and_then(Value::as_bool),
+            metadata_updated_at: Some(state.shared.unix_now()),
+        },
+        requires_auth,
+        escrow: None,
     })
 }
 
