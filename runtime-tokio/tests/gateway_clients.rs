@@ -1,8 +1,8 @@
 //! What a client that misbehaves, or asks for what cannot be served, gets from the real
 //! gateway — with a worker that speaks the real peer link (Noise XX, postcard frames) and
 //! registers relays, so every case is reachable:
-//! - an unknown relay: close 4404; a relay that requires auth: 4403 without or with a bad
-//!   token, served with a valid one;
+//! - an unknown relay: close 4404; a relay that requires auth: 4403 with a bad token, served
+//!   with a valid one, and without one only after a valid NIP-42 answer to its challenge;
 //! - a relay with no worker and no replica: close 1013 "No peers available";
 //! - more connections from one address than allowed: close 1008, others unaffected;
 //! - a flood of frames: `rate-limited:` answers, and the connection is served again once it
@@ -21,6 +21,7 @@ use gateway_support::{GATEWAY_SEED, connect, identity, send};
 use hypergate_adapters::peer_link::{AcceptPolicy, LinkConfig, PeerLink, connect as link_connect};
 use hypergate_core::gateway::GatewayConfig;
 use hypergate_core::ids::RelayKey;
+use hypergate_core::nostr::Tag;
 use hypergate_core::session::SessionConfig;
 use hypergate_core::wire::{BoundedString, BoundedVec, Message, RegisterRelays, RelayRegistration};
 use hypergate_tokio::gateway::{ClientLimits, GatewayHandle, GatewayOptions};
@@ -122,10 +123,58 @@ async fn unknown_relays_unauthorised_clients_and_unservable_relays_get_the_origi
     let worker = fake_worker(&gateway, 0x70, open, false).await;
     let other = fake_worker(&gateway, 0x71, guarded, true).await;
 
-    let mut no_token = connect(&format!("{base}/relay/{guarded}")).await;
+    // Without a token: NIP-42. Nothing is served before a valid answer to the challenge.
+    let guarded_url = format!("{base}/relay/{guarded}");
+    let mut no_token = connect(&guarded_url).await;
+    let challenge = gateway_support::next(&mut no_token).await;
+    assert_eq!(challenge[0], "AUTH", "{challenge}");
+    let challenge = challenge[1].as_str().unwrap().to_owned();
+    send(&mut no_token, r#"["REQ","early",{}]"#).await;
+    let closed = gateway_support::next(&mut no_token).await;
+    assert_eq!(closed[0], "CLOSED");
+    assert!(
+        closed[2].as_str().unwrap().starts_with("auth-required:"),
+        "{closed}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let answer = |challenge: &str| {
+        hypergate_core::nostr::testing::signed_event(
+            21,
+            now,
+            22242,
+            vec![
+                Tag::new(["relay", guarded_url.as_str()]),
+                Tag::new(["challenge", challenge]),
+            ],
+            "",
+        )
+    };
+    send(
+        &mut no_token,
+        &format!(r#"["AUTH",{}]"#, answer("not-it").to_json()),
+    )
+    .await;
+    let refused = gateway_support::next(&mut no_token).await;
     assert_eq!(
-        close_of(&mut no_token).await,
-        (4403, "Token required".into())
+        (refused[0].as_str(), refused[2].as_bool()),
+        (Some("OK"), Some(false))
+    );
+    let good = answer(&challenge);
+    send(&mut no_token, &format!(r#"["AUTH",{}]"#, good.to_json())).await;
+    let accepted = gateway_support::next(&mut no_token).await;
+    assert_eq!(
+        accepted,
+        serde_json::json!(["OK", good.id.to_hex(), true, ""])
+    );
+    // Authenticated: the REQ now goes to the worker (which never answers here).
+    send(&mut no_token, r#"["REQ","later",{}]"#).await;
+    let silent = tokio::time::timeout(Duration::from_millis(300), no_token.next()).await;
+    assert!(
+        silent.is_err(),
+        "the authenticated REQ was refused: {silent:?}"
     );
     let mut bad_token = connect(&format!("{base}/relay/{guarded}?token=abc.def")).await;
     assert_eq!(

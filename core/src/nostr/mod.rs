@@ -24,7 +24,9 @@
 //! - [`Event`], [`Tag`], [`ReplacementKey`], [`SignatureVerifier`]: events and their checks.
 //! - [`Filter`]: `REQ` filters and matching.
 //! - [`ClientMessage`], [`RelayMessage`], [`SubscriptionId`], [`Limits`]: frames.
+//! - [`check_auth_event`]: NIP-42 authentication answers (kind 22242).
 
+mod auth;
 mod event;
 mod filter;
 mod hex;
@@ -34,6 +36,7 @@ mod message;
 mod reason;
 mod subscription;
 
+pub use auth::{AUTH_KIND, AuthError, MAX_AUTH_SKEW_SECS, check_auth_event};
 #[cfg(any(test, feature = "test-support"))]
 pub use event::testing;
 pub use event::{Event, EventError, ReplacementKey, SignatureVerifier, Tag};

@@ -30,15 +30,18 @@ use hypergate_adapters::relay::{HostedSession, LiveStarted};
 use hypergate_core::gateway::WriteVerdict;
 use hypergate_core::ids::{PeerId, RelayKey};
 use hypergate_core::nostr::{
-    ClientMessage, Event, EventId, RelayMessage, SignatureVerifier, SubscriptionId,
+    ClientMessage, Event, EventId, PublicKey, RelayMessage, SignatureVerifier, SubscriptionId,
+    check_auth_event,
 };
 use hypergate_core::registry::PendingMark;
 use hypergate_core::router::{SessionId, SessionKind};
 use hypergate_core::session::{PublishOutcome, Session, SessionConfig};
 use hypergate_core::wire::{BoundedString, Frame, Message, NostrFrame, PendingType};
+use rand_core::{OsRng, TryRngCore};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
+use super::http::Access;
 use super::replica::ReplicaHost;
 use super::state::{SessionSignal, Shared, WriteDecision};
 
@@ -175,6 +178,28 @@ struct Client {
     /// Write tasks whose append the core already counts as in flight from the start (an
     /// `Append` verdict); each must be settled, also when the connection ends first.
     counted_writes: BTreeSet<tokio::task::Id>,
+    /// NIP-42, for a relay that requires authentication and a client without a token.
+    auth: Option<AuthGate>,
+}
+
+/// A NIP-42 challenge and whether it was answered.
+struct AuthGate {
+    challenge: String,
+    url: String,
+    authenticated: Option<PublicKey>,
+}
+
+impl AuthGate {
+    fn new(url: String) -> AuthGate {
+        let mut bytes = [0u8; 16];
+        // The OS RNG does not fail on Linux; the challenge must still differ per connection.
+        let _ = OsRng.try_fill_bytes(&mut bytes);
+        AuthGate {
+            challenge: hex::encode(bytes),
+            url,
+            authenticated: None,
+        }
+    }
 }
 
 /// Why the connection ends.
@@ -191,11 +216,11 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     relay_name: String,
     config: ClientConfig,
-    refusal: Option<(u16, &'static str)>,
+    access: Access,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (mut sink, mut stream) = socket.split();
-    if let Some((code, reason)) = refusal {
+    if let Access::Refused(code, reason) = access {
         let _ = sink
             .send(WsMessage::Close(Some(CloseFrame {
                 code,
@@ -255,7 +280,21 @@ pub(crate) async fn serve(
         live_tx,
         writes: JoinSet::new(),
         counted_writes: BTreeSet::new(),
+        auth: match access {
+            Access::Nip42 { url } => Some(AuthGate::new(url)),
+            Access::Granted | Access::Refused(..) => None,
+        },
     };
+    if let Some(gate) = &client.auth
+        && client
+            .send_text(format!(
+                r#"["AUTH",{}]"#,
+                serde_json::Value::from(gate.challenge.clone())
+            ))
+            .is_err()
+    {
+        return;
+    }
 
     let ending = loop {
         let step = tokio::select! {
@@ -366,6 +405,9 @@ impl Client {
     }
 
     async fn on_client_text(&mut self, text: &str) -> Result<(), Ending> {
+        if self.auth.is_some() && self.auth_gate(text)? {
+            return Ok(());
+        }
         self.track(text);
         self.dispatch(text.to_owned()).await
     }
@@ -415,6 +457,57 @@ impl Client {
         self.shared.with_core(|state, now| {
             Shared::send_to_peer(state, peer, Frame::new(0, message), now);
         });
+    }
+
+    /// NIP-42: answers `AUTH`, and refuses everything else until the client authenticated.
+    /// Whether the frame was consumed here.
+    fn auth_gate(&mut self, text: &str) -> Result<bool, Ending> {
+        let Some(gate) = &mut self.auth else {
+            return Ok(false);
+        };
+        if let Some(event) = auth_event(text) {
+            let now = self.shared.unix_now();
+            let verdict = check_auth_event(
+                &event,
+                &gate.challenge,
+                &gate.url,
+                now,
+                &SignatureVerifier::new(),
+            );
+            let (accepted, message) = match verdict {
+                Ok(pubkey) => {
+                    gate.authenticated = Some(pubkey);
+                    (true, String::new())
+                }
+                Err(error) => (false, format!("auth-required: {error}")),
+            };
+            self.send(&RelayMessage::Ok {
+                event_id: event.id,
+                accepted,
+                message,
+            })?;
+            return Ok(true);
+        }
+        if gate.authenticated.is_some() {
+            return Ok(false);
+        }
+        let detail = "auth-required: this relay requires authentication (NIP-42)";
+        match ClientMessage::parse(text, &self.config.session.limits) {
+            Ok(ClientMessage::Event(event)) => self.send(&RelayMessage::Ok {
+                event_id: event.id,
+                accepted: false,
+                message: detail.into(),
+            })?,
+            Ok(ClientMessage::Req {
+                subscription_id, ..
+            }) => self.send(&RelayMessage::Closed {
+                subscription_id,
+                message: detail.into(),
+            })?,
+            Ok(ClientMessage::Close(_)) => {}
+            Err(error) => self.send(&error.reply())?,
+        }
+        Ok(true)
     }
 
     /// Answers a frame over the connection's rate: `OK false` for an EVENT, `CLOSED` for a
@@ -781,6 +874,16 @@ enum Pending {
     Refused(String),
     Retry,
     Error(String),
+}
+
+/// The event of an `["AUTH", <event>]` frame, if `text` is one.
+fn auth_event(text: &str) -> Option<Event> {
+    let frame: serde_json::Value = serde_json::from_str(text).ok()?;
+    let items = frame.as_array()?;
+    if items.len() != 2 || items[0].as_str() != Some("AUTH") || !items[1].is_object() {
+        return None;
+    }
+    Event::parse_json(&items[1].to_string()).ok()
 }
 
 /// Moves one live subscription's messages to the session task.

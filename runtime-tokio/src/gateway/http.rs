@@ -704,30 +704,55 @@ async fn relay_alias(
     serve(&state, format!("{a}:{b}"), remote, &uri, &headers, upgrade)
 }
 
-/// Why a WebSocket for `relay_name` is closed right after the upgrade, if it is: a relay that
-/// requires authentication needs a valid client token in `?token=` (4403, the original's).
-fn ws_refusal(state: &HttpState, relay_name: &str, uri: &Uri) -> Option<(u16, &'static str)> {
-    let (relay, requires_auth) = state.shared.read_core(|core| {
+/// How a client of a relay that requires authentication gets in.
+pub(crate) enum Access {
+    /// Open relay, or a valid client token.
+    Granted,
+    /// No token: NIP-42 — the session sends a challenge and serves nothing before a valid
+    /// answer naming this URL.
+    Nip42 {
+        /// The relay URL the client connected to.
+        url: String,
+    },
+    /// Closed right after the upgrade with this code and reason.
+    Refused(u16, &'static str),
+}
+
+/// How a WebSocket for `relay_name` is admitted: open relays at once; a relay that requires
+/// authentication with a valid client token in `?token=`, or by NIP-42 without one; a bad
+/// token is closed with 4403 (the original's).
+fn ws_access(state: &HttpState, relay_name: &str, uri: &Uri, headers: &HeaderMap) -> Access {
+    let found = state.shared.read_core(|core| {
         let relay = core.core.registry().resolve(relay_name)?;
         let record = core.core.registry().relay(&relay)?;
         Some((relay, record.requires_auth))
-    })?;
-    if !requires_auth {
-        return None;
-    }
+    });
+    let Some((relay, true)) = found else {
+        return Access::Granted;
+    };
     let token = uri.query().and_then(|query| {
         query
             .split('&')
             .find_map(|pair| pair.strip_prefix("token="))
     });
     match token {
-        None => Some((4403, "Token required")),
-        Some(token) => state
+        None => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or("localhost");
+            Access::Nip42 {
+                url: format!("ws://{host}{}", uri.path()),
+            }
+        }
+        Some(token) => match state
             .shared
             .tokens
             .verify(token, relay, state.shared.unix_now().0)
-            .err()
-            .map(|_| (4403, "Invalid token")),
+        {
+            Ok(_) => Access::Granted,
+            Err(_) => Access::Refused(4403, "Invalid token"),
+        },
     }
 }
 
@@ -744,9 +769,9 @@ fn serve(
         .read_core(|core| core.core.registry().resolve(&relay_name));
     if let Ok(upgrade) = upgrade {
         let slot = IpSlot::take(&state.per_ip, remote.ip(), state.max_connections_per_ip);
-        let refusal = match &slot {
-            None => Some((1008, "Too many connections from this address")),
-            Some(_) => ws_refusal(state, &relay_name, uri),
+        let access = match &slot {
+            None => Access::Refused(1008, "Too many connections from this address"),
+            Some(_) => ws_access(state, &relay_name, uri, headers),
         };
         let cap = state
             .client
@@ -762,7 +787,7 @@ fn serve(
             .max_frame_size(cap)
             .on_upgrade(move |socket| async move {
                 let _slot = slot;
-                clients::serve(socket, shared, relay_name, config, refusal, shutdown).await;
+                clients::serve(socket, shared, relay_name, config, access, shutdown).await;
             });
     }
     let Some(relay) = known else {
