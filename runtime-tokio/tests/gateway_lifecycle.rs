@@ -80,6 +80,12 @@ async fn lifecycle(backend: Backend) {
     })
     .await;
     assert!(deposited, "the worker never deposited its gateway writer");
+    let before = get_json(worker.addr, "/status").await;
+    let old_writer = before["relays"][0]["gatewayWriter"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let old_deposit = before["relays"][0]["escrowId"].as_str().unwrap().to_owned();
 
     // A client on the gateway, forwarded to the worker: it reads and publishes through it, and
     // keeps a subscription open across the worker's death.
@@ -227,6 +233,33 @@ async fn lifecycle(backend: Backend) {
     })
     .await;
     assert!(rotated, "the worker never rotated its gateway writer");
+    // The rotation retired the key the gateway wrote with: a new writer, a new deposit, and
+    // the old deposit revoked at the escrow (revoking it again revokes nothing).
+    let completed = eventually(PATIENCE, async || {
+        let status = get_json(worker.addr, "/status").await;
+        status["rotations"][0]["status"] == "completed"
+            && status["relays"][0]["escrowId"].is_string()
+            && status["relays"][0]["escrowId"] != old_deposit.as_str()
+    })
+    .await;
+    assert!(completed, "the rotation never completed with a new deposit");
+    let after = get_json(worker.addr, "/status").await;
+    assert_eq!(after["rotations"][0]["previousWriter"], old_writer.as_str());
+    assert_ne!(after["relays"][0]["gatewayWriter"], old_writer.as_str());
+    let again = harness
+        .client("worker")
+        .revoke(
+            &hypergate_tokio::escrow::client::RevokeBy::EscrowId(old_deposit.clone()),
+            None,
+            "check",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again["revoked"].as_array().map(Vec::len),
+        Some(0),
+        "the old deposit was still active: {again}"
+    );
     let mut local = connect(&format!("ws://{}/relay/{relay}", worker.addr)).await;
     let served = query(
         &mut local,
