@@ -327,6 +327,7 @@ fn main() -> ExitCode {
                 data_dir,
                 listen,
                 json,
+                quiet: false,
             })
             .await
             .map(|()| ExitCode::SUCCESS),
@@ -346,6 +347,7 @@ fn main() -> ExitCode {
                     outbound_queue,
                     max_frame_bytes,
                     gateway,
+                    quiet: false,
                 })
                 .await
                 .map(|()| ExitCode::SUCCESS),

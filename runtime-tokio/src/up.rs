@@ -68,6 +68,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
             data_dir: worker_dir.clone(),
             listen: "127.0.0.1:0".parse()?,
             json: false,
+            quiet: true,
         })
         .await
         .context("creating the worker and its first relay")?;
@@ -192,6 +193,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
                 redeposit_margin: Duration::from_secs(3600),
             }),
         }),
+        quiet: true,
     });
     // The worker runs until the shutdown signal (it listens for it itself).
     let result = worker_run.await;

@@ -70,6 +70,8 @@ pub struct InitOptions {
     pub listen: SocketAddr,
     /// Print one JSON object.
     pub json: bool,
+    /// Print nothing (a caller that reports on its own, like `hypergate up`).
+    pub quiet: bool,
 }
 
 /// `hypergate worker run`.
@@ -85,6 +87,8 @@ pub struct RunOptions {
     pub max_frame_bytes: usize,
     /// The gateway to link to; `None` serves local clients only.
     pub gateway: Option<GatewayOptions>,
+    /// Print no start-up lines (a caller that reports on its own, like `hypergate up`).
+    pub quiet: bool,
 }
 
 /// The local WebSocket URL of `relay` on a worker listening at `listen`.
@@ -97,6 +101,9 @@ pub async fn init(options: InitOptions) -> anyhow::Result<()> {
     let dir = DataDir::new(&options.data_dir);
     let made = dir.init().await?;
     let url = relay_url(options.listen, &made.relay);
+    if options.quiet {
+        return Ok(());
+    }
     if options.json {
         let report = serde_json::json!({
             "relayKey": made.relay.to_hex(),
@@ -191,14 +198,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", options.listen))?;
     let address = listener.local_addr()?;
-    announce(format_args!(
-        "hypergate worker {} listening on {address}",
-        identity.peer_id()
-    ));
-    for relay in served.keys() {
-        announce(format_args!("relay {relay}: {}", relay_url(address, relay)));
+    if !options.quiet {
+        announce(format_args!(
+            "hypergate worker {} listening on {address}",
+            identity.peer_id()
+        ));
+        for relay in served.keys() {
+            announce(format_args!("relay {relay}: {}", relay_url(address, relay)));
+        }
     }
-    if let Some(gateway) = &options.gateway {
+    if let Some(gateway) = options.gateway.as_ref().filter(|_| !options.quiet) {
         announce(format_args!(
             "gateway {} ({})",
             gateway.addr,
