@@ -37,7 +37,7 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub enum LoadError {
     // The target's fault.
     /// The target refused or failed the WebSocket handshake.
-    #[error("cannot connect to {url}: {source}")]
+    #[error("cannot connect to {url}")]
     Connect {
         /// The URL.
         url: String,
@@ -46,7 +46,7 @@ pub enum LoadError {
     },
     // The caller's fault.
     /// The REQ filter is not a valid NIP-01 filter.
-    #[error("the REQ filter is not valid: {0}")]
+    #[error("the REQ filter is not valid")]
     Filter(#[from] FilterError),
     /// Zero connections asked for.
     #[error("at least one connection is needed")]
