@@ -90,6 +90,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load generator and benchmarks (NIP-01 EVENT and REQ; the gateway side by side).
+    Bench(hypergate_tokio::bench::BenchArgs),
     /// The escrow audit log.
     Audit {
         #[command(subcommand)]
@@ -385,6 +387,9 @@ fn main() -> ExitCode {
             })
             .await
             .map(|()| ExitCode::SUCCESS),
+            Command::Bench(args) => hypergate_tokio::bench::run(args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Ctl(args) => hypergate_tokio::gateway::ctl::run(args)
                 .await
                 .map(|()| ExitCode::SUCCESS),
