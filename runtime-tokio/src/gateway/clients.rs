@@ -255,8 +255,17 @@ pub(crate) async fn serve(
 
     let (out, mut out_rx) = mpsc::channel::<WsMessage>(config.outbound_queue.max(1));
     let writer = tokio::spawn(async move {
+        // Everything queued goes out in one flush: a REQ's answer is one write, not eleven.
         while let Some(message) = out_rx.recv().await {
-            if sink.send(message).await.is_err() {
+            if sink.feed(message).await.is_err() {
+                return;
+            }
+            while let Ok(more) = out_rx.try_recv() {
+                if sink.feed(more).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
                 return;
             }
         }

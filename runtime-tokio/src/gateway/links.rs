@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use hypergate_adapters::crypto::Identity;
 use hypergate_adapters::log::RangeRequest;
 use hypergate_adapters::mirror::{CoreAnnouncement, CoreKey};
-use hypergate_adapters::peer_link::{AcceptPolicy, Inbound, LinkConfig, PeerLink, accept};
+use hypergate_adapters::peer_link::{
+    AcceptPolicy, CloseCode, Inbound, LinkConfig, PeerLink, accept,
+};
 use hypergate_core::ids::PeerId;
 use hypergate_core::wire::{
     BoundedString, CoreAdvert, ErrorCode, ErrorMessage, Frame, MAX_MIRROR_BLOCKS_PER_RANGE,
@@ -119,9 +121,18 @@ async fn serve_link(shared: Arc<Shared>, pulling: Arc<Pulling>, link: PeerLink, 
         }
     });
     tracing::info!(peer = %peer.short(), "worker linked");
+    let own_queue = out_tx.clone();
     shared.with_core(|state, now| {
         state.outbound.insert(peer, out_tx);
-        state.links.insert(peer, link.clone());
+        // A worker that reconnects before its old connection was seen to die: the newer link
+        // wins, and the old one is closed (its end must not take the new one down).
+        if let Some(old) = state.links.insert(peer, link.clone()) {
+            tokio::spawn(async move {
+                let _ = old
+                    .close(CloseCode::GOING_AWAY, "replaced by a newer link")
+                    .await;
+            });
+        }
         state.core.handle_link_up(peer, now);
     });
     while let Some(frame) = inbound.recv().await {
@@ -174,10 +185,18 @@ async fn serve_link(shared: Arc<Shared>, pulling: Arc<Pulling>, link: PeerLink, 
     let reason = link.closed().map(|closed| closed.to_string());
     tracing::info!(peer = %peer.short(), reason = reason.as_deref().unwrap_or("ended"), "worker link down");
     shared.with_core(|state, now| {
-        state.outbound.remove(&peer);
-        state.links.remove(&peer);
-        state.core.handle_link_down(peer, now);
+        // Only if this link is still the peer's current one (a newer link may have replaced it).
+        if state
+            .outbound
+            .get(&peer)
+            .is_some_and(|queue| queue.same_channel(&own_queue))
+        {
+            state.outbound.remove(&peer);
+            state.links.remove(&peer);
+            state.core.handle_link_down(peer, now);
+        }
     });
+    drop(own_queue);
     writer.abort();
 }
 

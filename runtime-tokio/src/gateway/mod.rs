@@ -34,6 +34,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use hypergate_adapters::clock::{Clock, SystemClock};
 use hypergate_adapters::crypto::Identity;
 use hypergate_adapters::drive::GatewayDrives;
@@ -229,6 +230,13 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<GatewayHandle> {
     let mut http_shutdown = shutdown_rx;
     tasks.spawn(async move {
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        // Small NIP-01 frames must leave at once: with Nagle's algorithm every frame after the
+        // first of an answer waited for the client's delayed ACK (~40 ms per REQ, measured).
+        let http_listener = http_listener.tap_io(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "TCP_NODELAY not set on a client connection");
+            }
+        });
         let serving = axum::serve(http_listener, app).with_graceful_shutdown(async move {
             let _ = http_shutdown.changed().await;
         });

@@ -70,7 +70,10 @@ pub(crate) async fn run(config: WorkerAgentConfig, shared: Arc<Shared>) {
                 return;
             }
         };
-        let driver = tokio::spawn(established.driver.run());
+        // Aborted when this scope ends, also when the agent's task is aborted (shutdown): a
+        // detached driver would keep the connection alive, heartbeats and all, with nobody
+        // answering the gateway's requests (a test found its mirror pulls hanging on it).
+        let mut driver = AbortOnDrop(tokio::spawn(established.driver.run()));
         let link = established.link;
         let inbound = established.inbound;
         tracing::info!(gateway = %link.remote().short(), "connected to the gateway");
@@ -80,10 +83,18 @@ pub(crate) async fn run(config: WorkerAgentConfig, shared: Arc<Shared>) {
         drop(link);
         drop(inbound);
         if stopped {
-            driver.abort();
-            return;
+            return; // the guard aborts the driver
         }
-        let _ = driver.await;
+        let _ = (&mut driver.0).await;
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

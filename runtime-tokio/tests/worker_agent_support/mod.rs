@@ -81,6 +81,11 @@ impl Drop for TestGateway {
 
 impl TestGateway {
     pub(crate) async fn start(identity: Identity) -> Self {
+        // `RUST_LOG=…` shows the agent's logs when a test fails.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().unwrap();
         let mirror = MirrorStore::open(&dir.path().join("mirror"), MirrorConfig::default())
             .await
@@ -247,8 +252,16 @@ async fn serve_link(
         }
     }
     let mut gateway = state.lock().await;
-    gateway.links.remove(&peer);
-    gateway.core.handle_link_down(peer, Instant::now());
+    // Only if this was still the peer's link: a worker that reconnected before this one was seen
+    // to end already has a newer link here, which must stay up.
+    if gateway
+        .links
+        .get(&peer)
+        .is_none_or(|current| current.closed().is_some())
+    {
+        gateway.links.remove(&peer);
+        gateway.core.handle_link_down(peer, Instant::now());
+    }
 }
 
 async fn register(gateway: &mut GatewayState, core: &CoreAdvert, owner: PeerId) {
@@ -271,6 +284,7 @@ async fn pull(state: Arc<Mutex<GatewayState>>, link: PeerLink, core: CoreAdvert)
     {
         let mut gateway = state.lock().await;
         if !gateway.pulling.insert(core.core_key) {
+            tracing::debug!(core = %hex::encode(&core.core_key[..4]), "test gateway: already pulling");
             return;
         }
     }
@@ -294,9 +308,9 @@ async fn pull(state: Arc<Mutex<GatewayState>>, link: PeerLink, core: CoreAdvert)
                 .unwrap();
             proof_request(core.core_key, range).unwrap()
         };
-        let Ok(Message::MirrorRangeResponse(response)) =
-            link.request(Message::MirrorProofRequest(request)).await
-        else {
+        let answer = link.request(Message::MirrorProofRequest(request)).await;
+        tracing::debug!(core = %hex::encode(&core.core_key[..4]), start, answer = ?answer.as_ref().err(), "test gateway: pull answered");
+        let Ok(Message::MirrorRangeResponse(response)) = answer else {
             break; // the link ended: the next advertisement resumes
         };
         let proofs = decode_mirror_response(&response).unwrap();
@@ -314,6 +328,7 @@ async fn pull(state: Arc<Mutex<GatewayState>>, link: PeerLink, core: CoreAdvert)
             .core
             .handle_mirror_stored(core.relay_key, core.core_key, length, Instant::now());
     }
+    tracing::debug!(core = %hex::encode(&core.core_key[..4]), "test gateway: pull ends");
     state.lock().await.pulling.remove(&core.core_key);
 }
 
