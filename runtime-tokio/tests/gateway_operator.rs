@@ -130,6 +130,28 @@ async fn an_operator_lists_requests_and_revokes_leases_with_ctl_and_needs_the_to
     })
     .await;
     assert!(granted, "the manual lease request was never granted");
+    // The replicas API speaks the original's field names, the lease included.
+    let (_, replicas, _) = ctl(&url, &token_file, &["replicas"]);
+    let item = &replicas["replicas"][0];
+    assert_eq!(item["identifier"], "npub1ops:club", "{item}");
+    assert_eq!(item["gatewayLeaseActive"], true, "{item}");
+    assert!(
+        item["gatewayLeaseId"]
+            .as_str()
+            .unwrap()
+            .starts_with("lease-")
+    );
+    for field in [
+        "ownerPeerKey",
+        "totalCores",
+        "announcedCount",
+        "lagMs",
+        "lagBlocks",
+        "healthy",
+        "gatewayPendingWrites",
+    ] {
+        assert!(!item[field].is_null(), "{field} missing: {item}");
+    }
 
     // Revoked at the escrow, ended at the gateway.
     let (ok, revoked, stderr) = ctl(&url, &token_file, &["revoke", &relay, "--reason", "drill"]);

@@ -365,29 +365,77 @@ async fn blind_peer(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> 
     .into_response()
 }
 
-async fn replicas(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+/// `GET /api/blind-peer/replicas[?limit=N]`: one item per relay with the original's field
+/// names (`identifier`, `ownerPeerKey`, `type`, `totalCores`, `announcedCount`, `priorityMax`,
+/// `priorityMin`, `lastEventAt`, `opened`, `healthy`, `lagMs`, the `writerLease*` and
+/// `gatewayLease*` fields, and the relay's `gatewayPending*` flags), plus `lagBlocks` (the
+/// original had lag in milliseconds only), `relayKey` and the `cores` themselves. Opened relays
+/// first, then the most recent event first; at most `limit` (default 100).
+async fn replicas(State(state): State<Arc<HttpState>>, uri: Uri, headers: HeaderMap) -> Response {
     if let Some(denied) = denied(&state, &headers) {
         return denied;
     }
+    let limit = uri
+        .query()
+        .and_then(|query| {
+            query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("limit="))
+                .and_then(|value| value.parse::<usize>().ok())
+        })
+        .unwrap_or(100);
     let now = state.shared.unix_now();
-    let pending: Vec<(RelayKey, bool)> = state.shared.read_core(|core| {
+    let instant_now = state.shared.clock_now();
+    struct RelayFacts {
+        relay: RelayKey,
+        identifier: String,
+        pending: Value,
+        lease: Option<(String, u64, u64)>,
+    }
+    let facts: Vec<RelayFacts> = state.shared.read_core(|core| {
         core.core
             .registry()
             .relays()
-            .map(|record| (record.relay_key, record.pending.pending))
+            .map(|record| {
+                let lease = core
+                    .core
+                    .leases()
+                    .active(&record.relay_key, instant_now)
+                    .map(|lease| {
+                        let left = lease.expires_at.saturating_duration_since(instant_now);
+                        let expires = now
+                            .0
+                            .saturating_add(u64::try_from(left.as_millis()).unwrap_or(u64::MAX));
+                        (lease.id.to_string(), lease.id.epoch, expires)
+                    });
+                RelayFacts {
+                    relay: record.relay_key,
+                    identifier: record
+                        .identifiers
+                        .iter()
+                        .next()
+                        .cloned()
+                        .unwrap_or_else(|| record.relay_key.to_hex()),
+                    pending: serde_json::to_value(&record.pending).unwrap_or(Value::Null),
+                    lease,
+                }
+            })
             .collect()
     });
     let mirror = state.shared.mirror.lock().await;
-    let replicas: Vec<Value> = pending
+    let mut replicas: Vec<(bool, u64, Value)> = facts
         .into_iter()
-        .map(|(relay, pending)| {
-            let cores: Vec<Value> = mirror
-                .cores_of_relay(&relay)
+        .map(|facts| {
+            let records: Vec<_> = mirror.cores_of_relay(&facts.relay).collect();
+            let cores: Vec<Value> = records
+                .iter()
                 .map(|core| {
                     json!({
                         "coreKey": core.core_key.to_hex(),
                         "owner": core.owner.to_hex(),
                         "type": core.role.as_str(),
+                        "announce": core.announce,
+                        "priority": core.priority,
                         "localLength": core.local_length,
                         "remoteLength": core.remote_length,
                         "lagBlocks": core.lag_blocks(),
@@ -395,12 +443,62 @@ async fn replicas(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Re
                     })
                 })
                 .collect();
-            json!({
-                "relayKey": relay.to_hex(),
-                "gatewayPendingWrites": pending,
+            let opened = records.iter().any(|core| core.local_length > 0);
+            let last_event_at = records
+                .iter()
+                .map(|core| core.last_seen.0)
+                .max()
+                .unwrap_or(0);
+            let owner = records
+                .iter()
+                .find(|core| core.role == hypergate_adapters::mirror::CoreRole::Owner)
+                .or(records.first())
+                .map(|core| core.owner.to_hex());
+            let (lease_id, lease_epoch, lease_expires) = match &facts.lease {
+                Some((id, epoch, expires)) => (json!(id), json!(epoch), json!(expires)),
+                None => (Value::Null, Value::Null, Value::Null),
+            };
+            let mut item = json!({
+                "identifier": facts.identifier,
+                "relayKey": facts.relay.to_hex(),
+                "ownerPeerKey": owner,
+                "ownerAlias": Value::Null,
+                "type": "relay",
+                "totalCores": records.len(),
+                "announcedCount": records.iter().filter(|core| core.announce).count(),
+                "priorityMax": records.iter().map(|core| core.priority).max(),
+                "priorityMin": records.iter().map(|core| core.priority).min(),
+                "lastEventAt": last_event_at,
+                "lastOpenedAt": Value::Null,
+                "opened": opened,
+                "healthy": records.iter().all(|core| core.lag_blocks() == 0),
+                "lagMs": records.iter().map(|core| core.lag_ms(now)).max().unwrap_or(0),
+                "lagBlocks": records.iter().map(|core| core.lag_blocks()).max().unwrap_or(0),
+                "writerLeaseActive": facts.lease.is_some(),
+                "writerLeaseExpiresAt": lease_expires.clone(),
+                "writerLeaseId": lease_id.clone(),
+                "gatewayLeaseActive": facts.lease.is_some(),
+                "gatewayLeaseVersion": lease_epoch,
+                "gatewayLeaseExpiresAt": lease_expires,
+                "gatewayLeaseId": lease_id,
                 "cores": cores,
-            })
+            });
+            // The relay's pending flags join the item; the lease fields above (from the lease
+            // table, as the original's lease monitor reported them) win over the pending
+            // record's own `gatewayLease*` (the lease of the latest write).
+            if let (Some(fields), Value::Object(pending)) = (item.as_object_mut(), facts.pending) {
+                for (key, value) in pending {
+                    fields.entry(key).or_insert(value);
+                }
+            }
+            (opened, last_event_at, item)
         })
+        .collect();
+    replicas.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+    let replicas: Vec<Value> = replicas
+        .into_iter()
+        .take(limit)
+        .map(|(_, _, item)| item)
         .collect();
     axum::Json(json!({ "replicas": replicas })).into_response()
 }
