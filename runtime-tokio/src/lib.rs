@@ -27,6 +27,7 @@ pub mod demo;
 pub mod driver;
 pub mod escrow;
 pub mod gateway;
+mod local_stack;
 mod secret_file;
 pub mod up;
 pub mod worker;

@@ -22,17 +22,11 @@ use hypergate_core::escrow::PolicyConfig;
 use hypergate_core::gateway::GatewayConfig;
 use hypergate_core::ids::RelayKey;
 use hypergate_core::session::SessionConfig;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
-};
 
-use crate::escrow::auth::{ClientEntry, Role};
-use crate::escrow::client::ClientTls;
-use crate::escrow::config::{EscrowConfig, StoreChoice, TlsFiles};
-use crate::escrow::{EscrowClientConfig, EscrowServer};
+use crate::escrow::EscrowServer;
 use crate::gateway::{self, GatewayOptions};
-use crate::secret_file::{load_or_create_secret, write_private};
+use crate::local_stack::{LocalPki, local_client, local_escrow_config, private_dir};
+use crate::secret_file::load_or_create_secret;
 use crate::worker;
 
 /// `hypergate up`.
@@ -52,7 +46,7 @@ pub struct UpOptions {
 pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     let data = &options.data_dir;
     private_dir(data)?;
-    let pki = Pki::load_or_mint(&data.join("pki"))?;
+    let pki = LocalPki::load_or_mint(&data.join("pki"))?;
     let secret_path = data.join("escrow-secret");
     let secret = load_or_create_secret(&secret_path)?;
 
@@ -79,42 +73,14 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
     // The escrow, over mutual TLS on an ephemeral loopback port.
     let escrow_dir = data.join("escrow");
     private_dir(&escrow_dir)?;
-    let escrow = EscrowServer::start(EscrowConfig {
-        listen: "127.0.0.1:0".parse()?,
-        base_path: "/api/escrow".into(),
-        keypair_path: escrow_dir.join("keypair.json"),
-        audit_dir: escrow_dir.join("audit"),
-        store: StoreChoice::Embedded {
-            dir: escrow_dir.join("store"),
-        },
-        tls: Some(pki.server_files()),
-        tls_reload_interval: Duration::from_secs(30),
-        policy: PolicyConfig::default(),
-        clients: vec![
-            ClientEntry {
-                id: "gateway".into(),
-                role: Role::Gateway,
-                peer: Some(gateway_peer),
-                secret: None,
-            },
-            ClientEntry {
-                id: "worker".into(),
-                role: Role::Worker,
-                peer: Some(worker_peer),
-                secret: None,
-            },
-            ClientEntry {
-                id: "operator".into(),
-                role: Role::Operator,
-                peer: None,
-                secret: None,
-            },
-        ],
-        shared_secret: Some(secret.clone()),
-        metrics_path: Some("/metrics".into()),
-        sweep_interval: Duration::from_secs(30),
-        replay_capacity: crate::escrow::auth::DEFAULT_REPLAY_CAPACITY,
-    })
+    let escrow = EscrowServer::start(local_escrow_config(
+        &escrow_dir,
+        &pki,
+        secret.clone(),
+        gateway_peer,
+        worker_peer,
+        PolicyConfig::default(),
+    )?)
     .await
     .context("starting the escrow")?;
     let escrow_url = format!(
@@ -122,17 +88,6 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         escrow.local_addr().port()
     );
 
-    let client = |id: &str| -> anyhow::Result<EscrowClientConfig> {
-        let mut tls = ClientTls::from_pem_files(&pki.ca(), Some((&pki.cert(id), &pki.key(id))))?;
-        tls.server_name = Some("localhost".into());
-        Ok(EscrowClientConfig {
-            base_url: escrow_url.clone(),
-            client_id: id.into(),
-            secret: secret.clone(),
-            tls: Some(tls),
-            request_timeout: Duration::from_secs(5),
-        })
-    };
     let gateway = gateway::start(GatewayOptions {
         data_dir: gateway_dir,
         identity: gateway_identity,
@@ -144,8 +99,8 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         session: SessionConfig::default(),
         outbound_queue: 1024,
         limits: gateway::ClientLimits::default(),
-        escrow: Some(client("gateway")?),
-        escrow_operator: Some(client("operator")?),
+        escrow: Some(local_client(&pki, &escrow_url, "gateway", secret.clone())?),
+        escrow_operator: Some(local_client(&pki, &escrow_url, "operator", secret)?),
         token_secret: load_or_create_secret(&data.join("token-secret"))?,
         admin_token: None,
     })
@@ -212,92 +167,6 @@ fn first_relay(worker_dir: &Path) -> anyhow::Result<RelayKey> {
     match keys.first() {
         Some(relay) => Ok(*relay),
         None => bail!("{} hosts no relay", worker_dir.display()),
-    }
-}
-
-/// Creates `dir` (mode 0700) if needed.
-fn private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))
-}
-
-/// The local certificate authority of `up`: a CA, the escrow's server certificate, and a
-/// client certificate each for the gateway, the worker and the gateway's operator calls.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn load_or_mint(dir: &Path) -> anyhow::Result<Pki> {
-        let pki = Pki {
-            dir: dir.to_path_buf(),
-        };
-        if pki.ca().exists() {
-            return Ok(pki);
-        }
-        private_dir(dir)?;
-        // A run cut short while minting left some files but no CA: start over.
-        for name in ["escrow", "gateway", "worker", "operator"] {
-            for path in [pki.cert(name), pki.key(name)] {
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("removing {}", path.display()));
-                    }
-                }
-            }
-        }
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "hypergate up local CA");
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
-        let issue = |name: &str, sans: Vec<String>, usage| -> anyhow::Result<()> {
-            let mut params = CertificateParams::new(sans)?;
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.extended_key_usages = vec![usage];
-            let key = KeyPair::generate()?;
-            let cert = params.signed_by(&key, &ca)?;
-            write_private(&pki.key(name), key.serialize_pem().as_bytes())?;
-            write_private(&pki.cert(name), cert.pem().as_bytes())
-        };
-        issue(
-            "escrow",
-            vec!["localhost".into(), "127.0.0.1".into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        )?;
-        issue("gateway", Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?;
-        issue("worker", Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?;
-        issue("operator", Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?;
-        // The CA last: its presence means the PKI is complete.
-        write_private(&pki.ca(), ca.pem().as_bytes())?;
-        Ok(pki)
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    fn cert(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.pem"))
-    }
-
-    fn key(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}-key.pem"))
-    }
-
-    fn server_files(&self) -> TlsFiles {
-        TlsFiles {
-            cert: self.cert("escrow"),
-            key: self.key("escrow"),
-            ca: self.ca(),
-        }
     }
 }
 

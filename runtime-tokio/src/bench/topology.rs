@@ -21,17 +21,12 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use hypergate_adapters::crypto::Identity;
 use hypergate_core::escrow::PolicyConfig;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
-};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::escrow::EscrowServer;
-use crate::escrow::auth::{ClientEntry, DEFAULT_REPLAY_CAPACITY, Role};
-use crate::escrow::config::{EscrowConfig, StoreChoice, TlsFiles};
-use crate::secret_file::{load_or_create_secret, write_private};
+use crate::local_stack::{LocalPki, local_escrow_config};
+use crate::secret_file::load_or_create_secret;
 
 /// Upper bound on waiting for a child to come up or for state to settle (a guard, not a
 /// measurement).
@@ -73,7 +68,7 @@ impl Topology {
             .tempdir()
             .context("creating the temp directory")?;
         let root = dir.path();
-        let pki = mint_pki(&root.join("pki"))?;
+        let pki = LocalPki::load_or_mint(&root.join("pki"))?;
         let secret_path = root.join("escrow-secret");
         let secret = load_or_create_secret(&secret_path)?;
 
@@ -102,43 +97,17 @@ impl Topology {
 
         let escrow_dir = root.join("escrow");
         std::fs::create_dir_all(&escrow_dir)?;
-        let escrow = EscrowServer::start(EscrowConfig {
-            listen: "127.0.0.1:0".parse()?,
-            base_path: "/api/escrow".into(),
-            keypair_path: escrow_dir.join("keypair.json"),
-            audit_dir: escrow_dir.join("audit"),
-            store: StoreChoice::Embedded {
-                dir: escrow_dir.join("store"),
-            },
-            tls: Some(TlsFiles {
-                cert: pki.join("escrow.pem"),
-                key: pki.join("escrow-key.pem"),
-                ca: pki.join("ca.pem"),
-            }),
-            tls_reload_interval: Duration::from_secs(3600),
-            policy: PolicyConfig {
+        let escrow = EscrowServer::start(local_escrow_config(
+            &escrow_dir,
+            &pki,
+            secret,
+            gateway_peer,
+            worker_peer,
+            PolicyConfig {
                 peer_liveness_timeout: options.liveness_timeout,
                 ..PolicyConfig::default()
             },
-            clients: vec![
-                ClientEntry {
-                    id: "gateway".into(),
-                    role: Role::Gateway,
-                    peer: Some(gateway_peer),
-                    secret: None,
-                },
-                ClientEntry {
-                    id: "worker".into(),
-                    role: Role::Worker,
-                    peer: Some(worker_peer),
-                    secret: None,
-                },
-            ],
-            shared_secret: Some(secret),
-            metrics_path: None,
-            sweep_interval: Duration::from_secs(30),
-            replay_capacity: DEFAULT_REPLAY_CAPACITY,
-        })
+        )?)
         .await
         .context("starting the escrow")?;
         let escrow_url = format!(
@@ -165,11 +134,11 @@ impl Topology {
             .arg("--escrow-secret-file")
             .arg(&secret_path)
             .arg("--escrow-ca")
-            .arg(pki.join("ca.pem"))
+            .arg(pki.ca())
             .arg("--escrow-client-cert")
-            .arg(pki.join("gateway.pem"))
+            .arg(pki.cert("gateway"))
             .arg("--escrow-client-key")
-            .arg(pki.join("gateway-key.pem"))
+            .arg(pki.key("gateway"))
             .args(&options.gateway_args);
         let mut gateway = ChildProcess::spawn("gateway", gateway, root)?;
         let gateway_addr: SocketAddr = gateway
@@ -187,15 +156,9 @@ impl Topology {
             .env("HYPERGATE_WORKER_ESCROW_URL", &escrow_url)
             .env("HYPERGATE_WORKER_ESCROW_CLIENT_ID", "worker")
             .env("HYPERGATE_WORKER_ESCROW_SECRET_FILE", &secret_path)
-            .env("HYPERGATE_WORKER_ESCROW_CA", pki.join("ca.pem"))
-            .env(
-                "HYPERGATE_WORKER_ESCROW_CLIENT_CERT",
-                pki.join("worker.pem"),
-            )
-            .env(
-                "HYPERGATE_WORKER_ESCROW_CLIENT_KEY",
-                pki.join("worker-key.pem"),
-            )
+            .env("HYPERGATE_WORKER_ESCROW_CA", pki.ca())
+            .env("HYPERGATE_WORKER_ESCROW_CLIENT_CERT", pki.cert("worker"))
+            .env("HYPERGATE_WORKER_ESCROW_CLIENT_KEY", pki.key("worker"))
             .args(["worker", "run", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&worker_dir);
         let mut worker = ChildProcess::spawn("worker", worker, root)?;
@@ -380,39 +343,6 @@ fn log_tail(path: &Path) -> String {
     } else {
         format!(" ({}):\n{tail}", path.display())
     }
-}
-
-/// A CA, the escrow's server certificate and client certificates for the gateway and the
-/// worker, as PEM files in `dir`. Returns `dir`.
-fn mint_pki(dir: &Path) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "hypergate bench CA");
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
-    write_private(&dir.join("ca.pem"), ca.pem().as_bytes())?;
-    let issue = |name: &str, sans: Vec<String>, usage| -> anyhow::Result<()> {
-        let mut params = CertificateParams::new(sans)?;
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![usage];
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &ca)?;
-        write_private(
-            &dir.join(format!("{name}-key.pem")),
-            key.serialize_pem().as_bytes(),
-        )?;
-        write_private(&dir.join(format!("{name}.pem")), cert.pem().as_bytes())
-    };
-    issue(
-        "escrow",
-        vec!["localhost".into(), "127.0.0.1".into()],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    )?;
-    issue("gateway", Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?;
-    issue("worker", Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?;
-    Ok(dir.to_path_buf())
 }
 
 /// Polls `check` every 100 ms until it holds or `limit` passes.
