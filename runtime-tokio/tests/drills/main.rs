@@ -21,3 +21,4 @@ mod gateway_support;
 mod support;
 
 mod escrow_outage;
+mod tampered_mirror;
