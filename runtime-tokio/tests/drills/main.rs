@@ -21,4 +21,5 @@ mod gateway_support;
 mod support;
 
 mod escrow_outage;
+mod flood;
 mod tampered_mirror;
