@@ -20,6 +20,7 @@ mod gateway_support;
 
 mod support;
 
+mod corrupt_deposit;
 mod disk_full;
 mod escrow_outage;
 mod flood;
