@@ -24,4 +24,5 @@ mod corrupt_deposit;
 mod disk_full;
 mod escrow_outage;
 mod flood;
+mod postgres_outage;
 mod tampered_mirror;
