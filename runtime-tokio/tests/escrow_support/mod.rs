@@ -223,6 +223,32 @@ impl TestDatabase {
         })
     }
 
+    /// A database of its own on the server of superuser URL `url` (not the environment's):
+    /// for a test that runs, stops and restarts its own PostgreSQL.
+    pub(crate) fn create_at(url: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let admin = PostgresSettings::from_url(url).unwrap();
+        let name = format!(
+            "hg_escrow_own_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let (config, db) = (admin.config.clone(), name.clone());
+        on_thread(move || {
+            let mut client = config.connect(postgres::NoTls).unwrap();
+            client
+                .batch_execute(&format!("CREATE DATABASE {db}"))
+                .unwrap();
+        });
+        let mut settings = admin.clone();
+        settings.config.dbname(&name);
+        Self {
+            admin: admin.config,
+            name,
+            settings,
+        }
+    }
+
     /// Runs `sql` (statements without results) in the test database.
     pub(crate) fn execute(&self, sql: &str) {
         let (config, sql) = (self.settings.config.clone(), sql.to_owned());
@@ -334,6 +360,20 @@ impl Harness {
         };
         harness.boot().await;
         Some(harness)
+    }
+
+    /// Starts an escrow on `db` (a database the test made on a server of its own).
+    pub(crate) async fn start_on(db: TestDatabase, options: Options) -> Self {
+        let mut harness = Self {
+            pki: Pki::mint(),
+            data: tempfile::tempdir().unwrap(),
+            db: Some(db),
+            options,
+            server: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        harness.boot().await;
+        harness
     }
 
     pub(crate) fn audit_dir(&self) -> PathBuf {
