@@ -105,7 +105,7 @@ fn leased_appends_are_stored_verified_survive_reopen_replicate_and_keep_the_secr
 }
 
 #[test]
-fn a_writer_whose_signer_disagrees_with_the_mirror_fails_and_stays_failed() {
+fn a_writer_out_of_step_with_the_mirror_refuses_then_recovers_from_what_is_durable() {
     smol::block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let mut mirror = MirrorStore::open(&dir.path().join("mirror"), MirrorConfig::default())
@@ -131,13 +131,17 @@ fn a_writer_whose_signer_disagrees_with_the_mirror_fails_and_stays_failed() {
                 .await
                 .is_err()
         );
-        assert!(
+        let core = CoreKey(*first.writer_key().as_bytes());
+        assert_eq!(mirror.len(&core).unwrap(), 1);
+        // Its next append starts again from the mirror: block 0 is "a", then "c".
+        assert_eq!(
             second
                 .append(&mut mirror, &[b"c".to_vec()], now)
                 .await
-                .is_err()
+                .unwrap(),
+            2
         );
-        let core = CoreKey(*first.writer_key().as_bytes());
-        assert_eq!(mirror.len(&core).unwrap(), 1);
+        assert_eq!(mirror.read_block(&core, 0).await.unwrap().unwrap(), b"a");
+        assert_eq!(mirror.read_block(&core, 1).await.unwrap().unwrap(), b"c");
     });
 }

@@ -11,9 +11,9 @@
 //!   mirror's exact signed tree; if it did not, the first append's proofs would not verify and
 //!   the append would fail instead of storing anything.
 //! - [`LeasedWriter::append`] returns only after the mirror verified and stored every new
-//!   block (the mirror's store syncs to disk). If that fails, the writer is *poisoned*: the
-//!   signer is ahead of the disk, so every later append fails until the caller opens a new
-//!   writer from the mirror, which drops the blocks that never became durable.
+//!   block (the mirror's store syncs to disk). If that fails, the signer may be ahead of the
+//!   disk: the next append first rebuilds it from the mirror (dropping the blocks that never
+//!   became durable), and fails if that is not possible, so memory and disk never drift.
 //! - Workers fetch the log from the mirror like any mirrored core
 //!   ([`MirrorStore::answer_request`]).
 
@@ -46,9 +46,6 @@ pub enum LeasedWriterError {
         /// What differed.
         detail: String,
     },
-    /// An earlier append failed; open a new writer.
-    #[error("gateway writer {0} failed earlier; reopen it from the mirror")]
-    Poisoned(CoreKey),
 }
 
 /// The gateway's signer for one relay's gateway writer log. See the module docs.
@@ -57,6 +54,8 @@ pub struct LeasedWriter {
     relay: RelayKey,
     core: CoreKey,
     signer: HyperLog,
+    /// The leased key, to rebuild the signer after a failed append (zeroized on drop).
+    key: SigningKey,
     poisoned: bool,
 }
 
@@ -76,30 +75,12 @@ impl LeasedWriter {
             let announcement = CoreAnnouncement::new(core, holder, relay, CoreRole::GatewayWriter);
             let _ = mirror.register_core(announcement, now).await?;
         }
-        let mut signer = HyperLog::create_in_memory(&core.short(), key).await?;
-        let held = mirror.len(&core)?;
-        let mut index = 0;
-        while index < held {
-            let end = held.min(index + 256);
-            let mut blocks = Vec::with_capacity(usize::try_from(end - index).unwrap_or(0));
-            for at in index..end {
-                match mirror.read_block(&core, at).await? {
-                    Some(block) => blocks.push(block),
-                    None => {
-                        return Err(LeasedWriterError::OutOfStep {
-                            core,
-                            detail: format!("block {at} of {held} is missing from the mirror"),
-                        });
-                    }
-                }
-            }
-            let _ = signer.append_batch(&blocks).await?;
-            index = end;
-        }
+        let signer = replay(mirror, core, key.clone()).await?;
         Ok(LeasedWriter {
             relay,
             core,
             signer,
+            key,
             poisoned: false,
         })
     }
@@ -136,7 +117,9 @@ impl LeasedWriter {
         now: UnixTime,
     ) -> Result<u64, LeasedWriterError> {
         if self.poisoned {
-            return Err(LeasedWriterError::Poisoned(self.core));
+            // An earlier append failed (e.g. a full disk): start again from what is durable.
+            self.signer = replay(mirror, self.core, self.key.clone()).await?;
+            self.poisoned = false;
         }
         let result = self.append_unchecked(mirror, blocks, now).await;
         if result.is_err() {
@@ -177,4 +160,34 @@ impl LeasedWriter {
         }
         Ok(end)
     }
+}
+
+/// An in-memory signer holding `key`, with every block the mirror holds of `core` appended
+/// again (the same tree and signatures, which are deterministic).
+async fn replay(
+    mirror: &mut MirrorStore,
+    core: CoreKey,
+    key: SigningKey,
+) -> Result<HyperLog, LeasedWriterError> {
+    let mut signer = HyperLog::create_in_memory(&core.short(), key).await?;
+    let held = mirror.len(&core)?;
+    let mut index = 0;
+    while index < held {
+        let end = held.min(index + 256);
+        let mut blocks = Vec::with_capacity(usize::try_from(end - index).unwrap_or(0));
+        for at in index..end {
+            match mirror.read_block(&core, at).await? {
+                Some(block) => blocks.push(block),
+                None => {
+                    return Err(LeasedWriterError::OutOfStep {
+                        core,
+                        detail: format!("block {at} of {held} is missing from the mirror"),
+                    });
+                }
+            }
+        }
+        let _ = signer.append_batch(&blocks).await?;
+        index = end;
+    }
+    Ok(signer)
 }

@@ -22,7 +22,7 @@ use hypergate_adapters::crypto::seal::seal_lease;
 use hypergate_adapters::crypto::{SealedEnvelope, WriterPackage};
 use hypergate_adapters::escrow_store::{LeaseRecord, StoredDeposit};
 use hypergate_core::escrow::{
-    DepositInput, RevokeTarget, UnlockAction, UnlockOutcome, UnlockRequest,
+    AuditKind, DepositInput, RevokeTarget, UnlockAction, UnlockOutcome, UnlockRequest,
 };
 use hypergate_core::ids::PeerId;
 use hypergate_core::lease::{LeaseGrant, LeaseId};
@@ -351,13 +351,36 @@ impl EscrowService {
             .ok_or_else(|| {
                 ServiceError::Internal("the deposit is missing from the store".into())
             })?;
-        let envelope = SealedEnvelope::from_json(stored.sealed_package.to_string().as_bytes())
-            .map_err(|error| ServiceError::Internal(format!("stored package: {error}")))?;
-        let package = WriterPackage::open_deposit(self.keys.secret_key(), &envelope)
-            .map_err(|error| ServiceError::Internal(format!("stored package: {error}")))?;
-        package
-            .validate(&body.relay_key)
-            .map_err(|error| ServiceError::Internal(format!("stored package: {error}")))?;
+        let opened = SealedEnvelope::from_json(stored.sealed_package.to_string().as_bytes())
+            .map_err(|error| error.to_string())
+            .and_then(|envelope| {
+                WriterPackage::open_deposit(self.keys.secret_key(), &envelope)
+                    .map_err(|error| error.to_string())
+            })
+            .and_then(|package| {
+                package
+                    .validate(&body.relay_key)
+                    .map(|()| package)
+                    .map_err(|error| error.to_string())
+            });
+        let package = match opened {
+            Ok(package) => package,
+            Err(detail) => {
+                // A deposit that no longer opens (damaged in the store, or another relay's):
+                // nothing is released, and the refusal is audited before the answer.
+                let mut record = plan.audit().clone();
+                record.kind = AuditKind::UnlockRejected;
+                record.lease_id = None;
+                record.reason = Some(format!("deposit-unreadable: {detail}"));
+                let entry = self.append_record(state, &record, None).await?;
+                self.store_write("append_audit_index", move |store| {
+                    store.append_audit_index(&entry)
+                })
+                .await?;
+                tracing::warn!(relay = %body.relay_key.short(), escrow_id = %record.escrow_id, %detail, "unlock refused: the deposit does not open");
+                return Err(ServiceError::Internal(format!("stored package: {detail}")));
+            }
+        };
         let payload_digest = package.payload_digest();
         let plan_record = plan.audit().clone();
         let entry = self

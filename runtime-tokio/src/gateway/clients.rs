@@ -43,7 +43,7 @@ use tokio::task::JoinSet;
 
 use super::http::Access;
 use super::replica::ReplicaHost;
-use super::state::{SessionSignal, Shared, WriteDecision};
+use super::state::{Forwarded, SessionSignal, Shared, WriteDecision};
 
 /// Event ids remembered per subscription to drop repeats across a switch.
 pub(crate) const DELIVERED_WINDOW: usize = 10_000;
@@ -435,8 +435,25 @@ impl Client {
             }
             Mode::Peer(peer) => {
                 let peer = *peer;
-                self.forward(peer, text);
-                Ok(())
+                match self.forward(peer, text.clone()) {
+                    Forwarded::Queued => Ok(()),
+                    // The worker's link is saturated: this client's frame is refused, not the
+                    // link dropped (a client must not take a worker away from everyone).
+                    Forwarded::Busy => self.refuse_rate_limited(&text),
+                    Forwarded::NoLink => {
+                        // The link is gone: route again, and send the frame where that leads.
+                        self.mode = Mode::Pending(VecDeque::from([text]));
+                        let session = self.session;
+                        self.shared.with_core(|state, now| {
+                            let _ = state.core.router_mut().handle_forward_failure(
+                                session,
+                                "worker-link-gone",
+                                now,
+                            );
+                        });
+                        Ok(())
+                    }
+                }
             }
             Mode::Replica(replica) => {
                 replica
@@ -450,12 +467,12 @@ impl Client {
     }
 
     /// Forwards a client frame (empty: end of session) to `peer`.
-    fn forward(&self, peer: PeerId, text: String) {
+    fn forward(&self, peer: PeerId, text: String) -> Forwarded {
         let frame = match BoundedString::new(text) {
             Ok(frame) => frame,
             Err(_) => {
                 let _ = self.send(&RelayMessage::Notice("frame too large".into()));
-                return;
+                return Forwarded::Queued;
             }
         };
         let message = Message::NostrFrame(NostrFrame {
@@ -463,9 +480,8 @@ impl Client {
             session: self.session.0,
             frame,
         });
-        self.shared.with_core(|state, now| {
-            Shared::send_to_peer(state, peer, Frame::new(0, message), now);
-        });
+        self.shared
+            .read_core(|state| Shared::forward_to_peer(state, peer, Frame::new(0, message)))
     }
 
     /// NIP-42: answers `AUTH`, and refuses everything else until the client authenticated.
@@ -569,7 +585,7 @@ impl Client {
                 // Re-open the subscriptions on the worker; repeats are dropped on the way back.
                 let replay: Vec<String> = self.subscriptions.values().cloned().collect();
                 for text in replay {
-                    self.forward(peer, text);
+                    let _ = self.forward(peer, text);
                 }
                 for text in held {
                     self.dispatch(text).await?;
@@ -661,7 +677,7 @@ impl Client {
             Mode::Pending(held) => held.into(),
             Mode::Peer(peer) => {
                 // Tell the worker the session moved on (its subscriptions end there).
-                self.forward(peer, String::new());
+                let _ = self.forward(peer, String::new());
                 Vec::new()
             }
             Mode::Replica(replica) => {

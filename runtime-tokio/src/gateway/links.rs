@@ -38,6 +38,13 @@ use tokio_util::compat::TokioAsyncReadCompatExt as _;
 use super::state::Shared;
 use crate::worker_agent::{decode_mirror_response, pack_proofs, proof_request};
 
+/// How long one mirror pull request may wait for the worker's answer.
+const PULL_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How many unanswered pull requests are asked again before the pull waits for the next
+/// advertisement.
+const PULL_RETRIES: u32 = 3;
+
 /// Frames queued for one worker before its link counts as dead.
 const PEER_OUTBOUND_QUEUE: usize = 4096;
 
@@ -219,6 +226,7 @@ async fn register_cores(shared: &Shared, owner: PeerId, cores: &[CoreAdvert]) {
 /// Pulls one core up to its advertised length, from where the mirror stands.
 async fn pull(shared: Arc<Shared>, pulling: Arc<Pulling>, link: PeerLink, core: CoreAdvert) {
     let key = CoreKey(core.core_key);
+    let mut unanswered = 0;
     loop {
         let request = {
             let mut mirror = shared.mirror.lock().await;
@@ -238,10 +246,24 @@ async fn pull(shared: Arc<Shared>, pulling: Arc<Pulling>, link: PeerLink, core: 
             }
         };
         let Ok(request) = request else { break };
-        let Ok(Message::MirrorRangeResponse(response)) =
-            link.request(Message::MirrorProofRequest(request)).await
-        else {
-            break; // the link ended or the worker refused: the next advertisement resumes
+        // Bounded: a worker that never answers must not hold this core's pull (and with it every
+        // later advertisement of the core) for as long as its link lives; an unanswered request
+        // is asked again from where the mirror stands, a few times.
+        let answer = tokio::time::timeout(
+            PULL_ANSWER_TIMEOUT,
+            link.request(Message::MirrorProofRequest(request)),
+        )
+        .await;
+        let response = match answer {
+            Ok(Ok(Message::MirrorRangeResponse(response))) => response,
+            Err(_elapsed) if unanswered < PULL_RETRIES => {
+                unanswered += 1;
+                tracing::info!(core = %key.short(), unanswered, "mirror pull unanswered; asking again");
+                continue;
+            }
+            // The link ended, the worker refused, or it stopped answering: the next
+            // advertisement resumes.
+            _ => break,
         };
         let proofs = match decode_mirror_response(&response) {
             Ok(proofs) if !proofs.is_empty() => proofs,

@@ -50,6 +50,17 @@ pub(crate) enum SessionSignal {
     FromWorker(PeerId, String),
 }
 
+/// What became of a client frame forwarded to a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Forwarded {
+    /// Queued on the worker's link.
+    Queued,
+    /// The link's queue is full: the frame was refused.
+    Busy,
+    /// The worker has no link (any more).
+    NoLink,
+}
+
 /// What became of a write that waited for a lease.
 #[derive(Debug)]
 pub(crate) enum WriteDecision {
@@ -216,6 +227,19 @@ impl Shared {
             if !moved {
                 return;
             }
+        }
+    }
+
+    /// Queues a client's `frame` for `peer` without ever taking the link down: a full queue
+    /// refuses this frame only (the worker is busy for everyone), no queue means no link.
+    pub(crate) fn forward_to_peer(state: &CoreState, peer: PeerId, frame: Frame) -> Forwarded {
+        match state.outbound.get(&peer) {
+            None => Forwarded::NoLink,
+            Some(queue) => match queue.try_send(frame) {
+                Ok(()) => Forwarded::Queued,
+                Err(mpsc::error::TrySendError::Full(_)) => Forwarded::Busy,
+                Err(mpsc::error::TrySendError::Closed(_)) => Forwarded::NoLink,
+            },
         }
     }
 

@@ -157,7 +157,11 @@ async fn serve(
             }
             _ = tick.tick() => {
                 let _ = advertise(shared, link).await;
-                ensure_deposits(config, shared, core).await;
+                if ensure_deposits(config, shared, core).await {
+                    // A deposit made while linked (the first one failed at start-up, or a
+                    // re-deposit): register again so the gateway knows the relay's escrow.
+                    reregister(config, shared, link).await;
+                }
             }
             () = retry => core.handle_timeout(Instant::now()),
             () = shared.stop.notified() => {
@@ -167,6 +171,24 @@ async fn serve(
         }
         drive(config, shared, core, link).await;
     }
+}
+
+/// Sends the relays' registration again (merged by the gateway), e.g. with a new deposit.
+async fn reregister(config: &WorkerAgentConfig, shared: &Shared, link: &PeerLink) {
+    let registration = match registration(config, shared).await {
+        Ok(registration) => registration,
+        Err(error) => {
+            tracing::warn!(%error, "registration could not be built");
+            return;
+        }
+    };
+    // The answer comes back through the inbound queue this loop drains: do not wait here.
+    let link = link.clone();
+    tokio::spawn(async move {
+        if let Err(error) = link.request(Message::RegisterRelays(registration)).await {
+            tracing::warn!(%error, "re-registration failed; the next deposit or link retries");
+        }
+    });
 }
 
 /// Hello, registration and a first advertisement; returns the lease epochs the gateway acked.
@@ -577,8 +599,17 @@ async fn keep_deposits_while_away(
 
 /// Deposits every gateway writer that has no deposit yet (or whose deposit expires within the
 /// margin) and tells the core the new escrow id.
-async fn ensure_deposits(config: &WorkerAgentConfig, shared: &Shared, core: &mut WorkerCore) {
-    let Some(escrow) = &config.escrow else { return };
+/// Deposits every gateway writer without a live deposit; whether any deposit was made (the
+/// gateway must then hear the new escrow id: see the serve loop).
+async fn ensure_deposits(
+    config: &WorkerAgentConfig,
+    shared: &Shared,
+    core: &mut WorkerCore,
+) -> bool {
+    let Some(escrow) = &config.escrow else {
+        return false;
+    };
+    let mut deposited = false;
     let now = effects::unix_now().0;
     let margin = u64::try_from(escrow.redeposit_margin.as_millis()).unwrap_or(u64::MAX);
     let mut relays = shared.relays.lock().await;
@@ -609,10 +640,12 @@ async fn ensure_deposits(config: &WorkerAgentConfig, shared: &Shared, core: &mut
                     tracing::error!(%error, "could not save the deposit id");
                 }
                 core.register_relay(*key, writer, Some(deposit.escrow_id));
+                deposited = true;
             }
             Err(error) => {
                 tracing::warn!(relay = %key.short(), %error, "deposit failed; retried later")
             }
         }
     }
+    deposited
 }

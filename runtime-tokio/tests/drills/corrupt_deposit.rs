@@ -56,8 +56,6 @@ async fn a_corrupted_deposit_is_refused_and_unlocks_resume_once_the_row_is_resto
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finds an escrow defect: a deposit that does not open is refused as a 500 \
-            'internal error' before any audit record is written; see docs/reliability.md"]
 async fn a_corrupted_deposit_refusal_is_in_the_audit_log() {
     drill(true).await;
 }

@@ -100,9 +100,6 @@ async fn a_full_data_dir_refuses_writes_with_an_error_and_keeps_serving_reads() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finds a gateway defect: after one failed append the relay's leased writer stays \
-            poisoned and is never reopened, so writes fail until the lease ends; see \
-            docs/reliability.md"]
 async fn a_full_data_dir_accepts_writes_again_once_space_is_freed() {
     drill(true).await;
 }

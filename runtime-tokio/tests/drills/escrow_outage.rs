@@ -311,10 +311,6 @@ async fn a_worker_that_could_not_deposit_deposits_by_itself_once_the_escrow_is_b
 
 /// … and the gateway learns of that deposit, so a lease can be granted from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finds a worker defect: a deposit made after the worker registered its relays is \
-            never announced to the gateway (RegisterRelays is sent once per link), so the relay \
-            stays 'owner has not enabled escrow' until the worker relinks; see \
-            docs/reliability.md"]
 async fn a_late_deposit_reaches_the_gateway_and_serves_a_lease() {
     late_deposit(true).await;
 }

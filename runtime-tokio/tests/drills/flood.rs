@@ -82,10 +82,11 @@ async fn a_flood_of_connections_and_bad_frames_leaves_well_behaved_clients_serve
 
 /// Five times the frames: every client stays under its own rate limit, but together they
 /// forward more frames to the worker than the gateway's peer-link queue holds.
+#[ignore = "finds a gateway limit: the worker link no longer drops under a flood of forwarded \
+            frames (client frames beyond a full link queue are refused `rate-limited:`), but a calm \
+            client's frames are refused too while others saturate that worker's link; fairness \
+            needs per-session queues scheduled onto the link"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finds a gateway defect: forwarded client frames fill the worker link's outbound \
-            queue (4096), the gateway drops the worker's link and a calm client's frame is \
-            dropped unanswered; see docs/reliability.md"]
 async fn a_sustained_flood_of_forwarded_frames_leaves_the_worker_link_and_calm_clients_served() {
     flood(8, 5).await;
 }

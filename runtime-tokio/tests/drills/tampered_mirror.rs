@@ -314,9 +314,6 @@ async fn a_stalled_worker_holds_the_mirror_back_only_until_its_answers_come() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finds a gateway defect: a proof request the worker never answers blocks that core's \
-            mirror for as long as the link lives (peer-link requests have no deadline and the \
-            core's pull stays marked in progress); see docs/reliability.md"]
 async fn a_worker_that_drops_a_proof_request_does_not_stall_its_mirror_for_good() {
     let mirror = Mirrored::start().await;
     let asked_before = mirror.offer_four_more(Answers::Dropped).await;
