@@ -612,12 +612,12 @@ impl Client {
                         Ok(())
                     }
                     Err(error) => {
-                        tracing::warn!(relay = %self.relay.short(), %error, "replica unavailable");
+                        // The mirror exists but cannot be served (storage): the original's
+                        // close for an internal error.
+                        tracing::error!(relay = %self.relay.short(), %error, "replica unavailable");
+                        drop(held);
                         self.mode = Mode::Unavailable;
-                        for text in held {
-                            self.dispatch(text).await?;
-                        }
-                        Ok(())
+                        Err(Ending::Refused(1011, "Internal error"))
                     }
                 }
             }
