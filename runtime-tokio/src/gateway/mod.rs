@@ -25,6 +25,7 @@ mod escrow_link;
 mod http;
 mod links;
 mod metrics;
+mod operator;
 mod replica;
 mod state;
 mod tokens;
