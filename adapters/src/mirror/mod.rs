@@ -41,6 +41,7 @@ mod leased;
 mod record;
 mod restore;
 mod source;
+pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

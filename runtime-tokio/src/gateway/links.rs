@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
 use super::state::Shared;
-use crate::worker_agent::{decode_mirror_response, pack_proofs, proof_request};
+use hypergate_adapters::mirror::wire::{decode_mirror_response, pack_proofs, proof_request};
 
 /// How long one mirror pull request may wait for the worker's answer.
 const PULL_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -46,7 +46,8 @@ pub mod drive;
 mod effects;
 mod forwarded;
 pub mod keys;
-pub mod mirror;
+/// The mirror wire codec lives in the adapters (the gateway answers with it too).
+pub use hypergate_adapters::mirror::wire as mirror;
 mod session;
 mod status;
 

@@ -1,4 +1,4 @@
-//! Block ranges over the peer link: how a [`MirrorRangeRequest`] is answered and how its
+//! Block ranges over the peer link (used by workers and gateways alike, on any runtime): how a [`MirrorRangeRequest`] is answered and how its
 //! [`MirrorRangeResponse`] is turned back into verifiable proofs.
 //!
 //! Contract:
@@ -21,7 +21,7 @@
 //!   one response resume this way; [`proof_request`] turns a `RangeRequest` into the message.
 //!   `MirrorRangeRequest` is still answered for peers that send it.
 
-use hypergate_adapters::log::{self, HyperLog, LogError, Proof, RangeRequest};
+use crate::log::{self, HyperLog, LogError, Proof, RangeRequest};
 use hypergate_core::wire::{
     BoundedBytes, BoundedVec, MAX_MIRROR_BLOCKS_PER_RANGE, MAX_MIRROR_PROOF_BYTES,
     MirrorProofRequest, MirrorRangeRequest, MirrorRangeResponse,
@@ -181,52 +181,56 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn a_proof_request_from_a_copy_cut_short_is_answered_with_proofs_that_apply() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut origin = HyperLog::create(&dir.path().join("origin"), None)
-            .await
-            .unwrap();
-        for i in 0..40u32 {
-            origin.append(&i.to_be_bytes()).await.unwrap();
-        }
-        let key = origin.public_key().to_bytes();
-        let mut copy = HyperLog::create_replica(&dir.path().join("copy"), origin.public_key())
-            .await
-            .unwrap();
-        // The first answer covers 10 blocks and upgrades the copy's tree to 40.
-        let first = proof_request(key, copy.request_range(0..10).await.unwrap()).unwrap();
-        let response = answer_proof_request(&mut origin, &first).await.unwrap();
-        copy.apply_proofs(&decode_mirror_response(&response).unwrap())
-            .await
-            .unwrap();
-        assert_eq!((copy.len(), copy.contiguous_len()), (40, 10));
-        // The origin grows; the rest still verifies, asked by what the copy holds.
-        origin.append(b"later").await.unwrap();
-        let rest = proof_request(key, copy.request_range(10..41).await.unwrap()).unwrap();
-        let response = answer_proof_request(&mut origin, &rest).await.unwrap();
-        assert_eq!(response.start, 10);
-        copy.apply_proofs(&decode_mirror_response(&response).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(copy.contiguous_len(), 41);
-        assert_eq!(copy.get(40).await.unwrap().as_deref(), Some(&b"later"[..]));
+    #[test]
+    fn a_proof_request_from_a_copy_cut_short_is_answered_with_proofs_that_apply() {
+        smol::block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let mut origin = HyperLog::create(&dir.path().join("origin"), None)
+                .await
+                .unwrap();
+            for i in 0..40u32 {
+                origin.append(&i.to_be_bytes()).await.unwrap();
+            }
+            let key = origin.public_key().to_bytes();
+            let mut copy = HyperLog::create_replica(&dir.path().join("copy"), origin.public_key())
+                .await
+                .unwrap();
+            // The first answer covers 10 blocks and upgrades the copy's tree to 40.
+            let first = proof_request(key, copy.request_range(0..10).await.unwrap()).unwrap();
+            let response = answer_proof_request(&mut origin, &first).await.unwrap();
+            copy.apply_proofs(&decode_mirror_response(&response).unwrap())
+                .await
+                .unwrap();
+            assert_eq!((copy.len(), copy.contiguous_len()), (40, 10));
+            // The origin grows; the rest still verifies, asked by what the copy holds.
+            origin.append(b"later").await.unwrap();
+            let rest = proof_request(key, copy.request_range(10..41).await.unwrap()).unwrap();
+            let response = answer_proof_request(&mut origin, &rest).await.unwrap();
+            assert_eq!(response.start, 10);
+            copy.apply_proofs(&decode_mirror_response(&response).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(copy.contiguous_len(), 41);
+            assert_eq!(copy.get(40).await.unwrap().as_deref(), Some(&b"later"[..]));
+        });
     }
 
-    #[tokio::test]
-    async fn a_proof_request_past_the_holders_length_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut origin = HyperLog::create(dir.path(), None).await.unwrap();
-        origin.append(b"one").await.unwrap();
-        let request = MirrorProofRequest {
-            core_key: origin.public_key().to_bytes(),
-            signed_length: 0,
-            blocks: BoundedVec::new(vec![(0, 0), (5, 0)]).unwrap(),
-        };
-        assert!(matches!(
-            answer_proof_request(&mut origin, &request).await,
-            Err(MirrorWireError::Log(LogError::OutOfRange { .. }))
-        ));
+    #[test]
+    fn a_proof_request_past_the_holders_length_is_an_error() {
+        smol::block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let mut origin = HyperLog::create(dir.path(), None).await.unwrap();
+            origin.append(b"one").await.unwrap();
+            let request = MirrorProofRequest {
+                core_key: origin.public_key().to_bytes(),
+                signed_length: 0,
+                blocks: BoundedVec::new(vec![(0, 0), (5, 0)]).unwrap(),
+            };
+            assert!(matches!(
+                answer_proof_request(&mut origin, &request).await,
+                Err(MirrorWireError::Log(LogError::OutOfRange { .. }))
+            ));
+        });
     }
 
     #[test]
