@@ -12,16 +12,18 @@
 
 mod escrow_support;
 mod gateway_support;
+mod nostr_tools_support;
 
 use std::time::Duration;
 
 use escrow_support::{Backend, Harness, Options};
 use gateway_support::{
-    NostrTools, PATIENCE, connect, eventually, get_json, init_worker, next, publish, query,
-    run_worker, start_gateway,
+    PATIENCE, connect, eventually, get_json, init_worker, next, publish, query, run_worker,
+    start_gateway,
 };
 use hypergate_core::escrow::PolicyConfig;
 use hypergate_core::nostr::testing::signed_event;
+use nostr_tools_support::NostrTools;
 
 /// The escrow's liveness timeout in this test: long enough to see a refusal first.
 const LIVENESS_TIMEOUT: Duration = Duration::from_secs(5);

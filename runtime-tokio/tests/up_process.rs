@@ -6,11 +6,14 @@
 // Test helpers: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod nostr_tools_support;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use nostr_tools_support::NostrTools;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hypergate");
@@ -64,70 +67,9 @@ fn up(data: &Path) -> Up {
     Up { child, report }
 }
 
-/// Whether a program runs (`<program> --version` succeeds).
-fn available(program: &str) -> bool {
-    Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
-/// Installs nostr-tools and ws into a temp dir; the script's path there.
-fn nostr_tools() -> Option<(tempfile::TempDir, std::path::PathBuf)> {
-    if !(available("npm") && available("node")) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI needs node and npm for the nostr-tools test"
-        );
-        eprintln!("skipping: node or npm is not installed (CI is unset)");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let install = Command::new("npm")
-        .args([
-            "install",
-            "--no-audit",
-            "--no-fund",
-            "--silent",
-            "nostr-tools@2",
-            "ws@8",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        install.status.success(),
-        "npm install failed: {}",
-        String::from_utf8_lossy(&install.stderr)
-    );
-    let script = dir.path().join("client.mjs");
-    std::fs::copy(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/js/nostr_tools_client.mjs"
-        ),
-        &script,
-    )
-    .unwrap();
-    Some((dir, script))
-}
-
-fn run_client(script: &Path, url: &str) -> Value {
-    let output = Command::new("node").arg(script).arg(url).output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "nostr-tools client failed: {stdout} {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap()
-}
-
 #[test]
 fn hypergate_up_serves_a_relay_that_nostr_tools_publishes_to_and_reads_from() {
-    let Some((_client_dir, script)) = nostr_tools() else {
+    let Some(tools) = NostrTools::install() else {
         return;
     };
     let data = tempfile::tempdir().unwrap();
@@ -149,7 +91,7 @@ fn hypergate_up_serves_a_relay_that_nostr_tools_publishes_to_and_reads_from() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(linked, "the worker never linked to the gateway");
-    let report = run_client(&script, &url);
+    let report = tools.client(&url);
     assert_eq!(report["ok"], true);
     assert!(report["refusal"].as_str().unwrap().contains("invalid:"));
     drop(first);
@@ -157,7 +99,7 @@ fn hypergate_up_serves_a_relay_that_nostr_tools_publishes_to_and_reads_from() {
     // A second start reuses everything: the same relay URL path, the event still there.
     let second = up(&data_dir);
     assert_eq!(second.report["relayKey"], first_key(&url));
-    let report = run_client_after_link(&script, &second);
+    let report = run_client_after_link(&tools, &second);
     assert_eq!(report["ok"], true);
 }
 
@@ -165,7 +107,7 @@ fn first_key(url: &str) -> Value {
     Value::String(url.rsplit('/').next().unwrap().to_owned())
 }
 
-fn run_client_after_link(script: &Path, up: &Up) -> Value {
+fn run_client_after_link(tools: &NostrTools, up: &Up) -> Value {
     let gateway = up.report["gateway"].as_str().unwrap();
     for _ in 0..200 {
         if http_get(&format!("{gateway}/health")).contains("\"peersConnected\":1") {
@@ -173,7 +115,7 @@ fn run_client_after_link(script: &Path, up: &Up) -> Value {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    run_client(script, up.report["relayUrl"].as_str().unwrap())
+    tools.client(up.report["relayUrl"].as_str().unwrap())
 }
 
 /// A blocking `GET` of an `http://host:port/path` URL: the body ("" when unreachable).

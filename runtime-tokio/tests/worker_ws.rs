@@ -4,6 +4,8 @@
 // Test helpers: a failed step should stop the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod nostr_tools_support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use nostr::prelude::{Event as NostrEvent, Keys, Kind, Tag, Timestamp, UnsignedEvent};
+use nostr_tools_support::NostrTools;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -342,68 +345,16 @@ async fn a_client_that_stops_reading_is_disconnected_and_others_keep_being_serve
     assert_eq!(next(&mut fast).await, json!(["EOSE", "count"]));
 }
 
-/// Whether a program runs (`<program> --version` succeeds).
-fn available(program: &str) -> bool {
-    Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nostr_tools_publishes_reads_back_follows_live_and_sees_a_tampered_event_refused() {
-    if !(available("npm") && available("node")) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI needs node and npm for the nostr-tools test"
-        );
-        eprintln!("skipping the nostr-tools test: node or npm is not installed (CI is unset)");
+    let Some(tools) = NostrTools::install() else {
         return;
-    }
-    let client_dir = tempfile::tempdir().unwrap();
-    let install = Command::new("npm")
-        .args([
-            "install",
-            "--no-audit",
-            "--no-fund",
-            "--silent",
-            "nostr-tools@2",
-            "ws@8",
-        ])
-        .current_dir(client_dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        install.status.success(),
-        "npm install failed: {}",
-        String::from_utf8_lossy(&install.stderr)
-    );
-    let script = client_dir.path().join("client.mjs");
-    std::fs::copy(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/js/nostr_tools_client.mjs"
-        ),
-        &script,
-    )
-    .unwrap();
-
+    };
     let (_dir, worker) = started_worker();
     let url = worker.url();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node").arg(&script).arg(url).output().unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "nostr-tools client failed: {stdout} {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let report = tokio::task::spawn_blocking(move || tools.client(&url))
+        .await
+        .unwrap();
     assert_eq!(report["ok"], true);
     assert!(report["refusal"].as_str().unwrap().contains("invalid:"));
 }
