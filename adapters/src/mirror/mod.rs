@@ -28,6 +28,10 @@
 //!   they cannot fit without touching protected ones. The caller protects each
 //!   relay's current members (owner log, every writer, the gateway writer):
 //!   the original's dedupe kept one core per relay and evicted the other writers.
+//! - **Two companions.** [`wire`] packs and unpacks the block ranges the peer link carries
+//!   (the worker answering the gateway's pulls, the gateway answering a worker's fetch of the
+//!   gateway writer log); [`LeasedWriter`] is the gateway's in-memory signer for a leased
+//!   gateway writer, whose durable copy is a core of this store.
 //! - **Runtime-neutral.** The async methods drive `HyperLog` (hypercore on
 //!   async-std file I/O, which runs under any executor); inventory commits are
 //!   short synchronous redb transactions. Methods take `&mut self`: share the
