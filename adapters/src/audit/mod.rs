@@ -20,7 +20,10 @@
 //!   [`AuditLog::verify_pinned`] also checks the public key is the expected
 //!   one.
 //! - The signing key pair lives in the hypercore's own storage (its oplog),
-//!   created with the log. The directory is created 0700 and the files 0600.
+//!   created with the log, and in `signing-key.json` beside it (0600), from
+//!   which a log damaged by a crash inside an append is rebuilt when it is
+//!   next opened (see [`repair`]; [`AuditLog::repaired`] reports it). The
+//!   directory is created 0700 and the files 0600.
 //!
 //! What verification proves: no block, tree node or signature was changed
 //! or lost by accident or by someone without the signing key. Anyone who can
@@ -33,6 +36,7 @@
 //! error (a torn read of a block being appended), never a false pass.
 
 pub mod entry;
+mod repair;
 mod verify;
 
 use std::fs::{self, File};
@@ -42,9 +46,10 @@ use std::path::{Path, PathBuf};
 use hypercore::{Hypercore, HypercoreBuilder, HypercoreError, Storage};
 use hypergate_core::escrow::AuditRecord;
 
-use crate::crypto::sha256_hex;
+use crate::crypto::{Identity, sha256_hex};
 use entry::{AuditBlock, is_sha256_hex};
 pub use entry::{AuditEvent, AuditEventKind};
+pub use repair::AuditRepair;
 pub use verify::{AuditReport, VerifiedEntry};
 
 /// The files of a disk hypercore, in the order `verify` reads them (oplog
@@ -92,8 +97,10 @@ pub enum AuditError {
     },
     /// The data file holds bytes past the signed tree: entries were lost (a
     /// damaged oplog makes hypercore drop its later entries) or a crash cut
-    /// an append short. Appending would overwrite the evidence, so the log is
-    /// refused; run `verify`, then move the directory aside and start a new
+    /// an append short. [`AuditLog::open`] rebuilds such a log when the bytes
+    /// are what a crash leaves (see the `repair` module); otherwise it is
+    /// refused with this error, because appending would overwrite the
+    /// evidence: run `verify`, then move the directory aside and start a new
     /// log (the old one stays verifiable up to its signed length).
     #[error(
         "audit log in {dir} has {bytes} bytes past its signed length: entries may have been \
@@ -154,6 +161,16 @@ pub enum AuditError {
     /// An earlier append failed; reopen the log before appending again.
     #[error("audit log refused: an earlier append failed; reopen it")]
     Poisoned,
+    /// The log's signing key file cannot be read or written, or holds
+    /// another key than the log's.
+    #[error("audit log in {dir}: signing key file: {source}")]
+    SigningKeyFile {
+        /// The log directory.
+        dir: PathBuf,
+        /// What failed.
+        #[source]
+        source: crate::crypto::IdentityError,
+    },
     /// The log's secret key is missing from its storage.
     #[error("audit log in {dir} has no signing key; it cannot be appended to")]
     NotWritable {
@@ -193,12 +210,63 @@ pub struct AuditLog {
     /// (path, device, inode) of each storage file when opened.
     files: Vec<(PathBuf, u64, u64)>,
     poisoned: bool,
+    repaired: Option<AuditRepair>,
+}
+
+/// Why [`AuditLog::open_existing_or_new`] failed: damage a crash can leave,
+/// which [`repair`] may rebuild, or anything else.
+enum OpenFailure {
+    CrashDamage {
+        cause: AuditError,
+        /// The signed length, when the tree could be read: a rebuild must keep
+        /// at least that many entries.
+        signed_length: Option<u64>,
+    },
+    Refused(AuditError),
+}
+
+impl OpenFailure {
+    fn into_error(self) -> AuditError {
+        match self {
+            OpenFailure::CrashDamage { cause, .. } | OpenFailure::Refused(cause) => cause,
+        }
+    }
+}
+
+impl From<AuditError> for OpenFailure {
+    fn from(error: AuditError) -> Self {
+        OpenFailure::Refused(error)
+    }
 }
 
 impl AuditLog {
     /// Opens the log in `dir`, creating the directory and a new log (with a
     /// fresh signing key pair) if there is none.
+    ///
+    /// A log left damaged by a crash inside an append (bytes past the signed
+    /// tree, or a tree file behind its oplog) is rebuilt from its data file
+    /// and signing key, with the damaged directory kept beside it; see
+    /// [`repair`] for when that is done and when the log is refused instead.
+    /// [`Self::repaired`] then says what was done.
     pub async fn open(dir: &Path) -> Result<Self, AuditError> {
+        match Self::open_existing_or_new(dir).await {
+            Ok(log) => Ok(log),
+            Err(OpenFailure::Refused(error)) => Err(error),
+            Err(OpenFailure::CrashDamage {
+                cause,
+                signed_length,
+            }) => {
+                let repair = repair::rebuild(dir, signed_length, cause).await?;
+                let mut log = Self::open_existing_or_new(dir)
+                    .await
+                    .map_err(OpenFailure::into_error)?;
+                log.repaired = Some(repair);
+                Ok(log)
+            }
+        }
+    }
+
+    async fn open_existing_or_new(dir: &Path) -> Result<Self, OpenFailure> {
         let dir = dir.to_owned();
         fs::DirBuilder::new()
             .recursive(true)
@@ -214,18 +282,29 @@ impl AuditLog {
                     source,
                 })?;
         let builder = HypercoreBuilder::new(storage);
-        let mut core = if existing {
-            builder
-                .open(true)
-                .build()
-                .await
-                .map_err(|error| AuditError::Corrupt {
-                    dir: dir.clone(),
-                    detail: error.to_string(),
-                })?
+        let core = if existing {
+            builder.open(true).build().await.map_err(|error| {
+                // The usual cause is a crash between the writes of one append.
+                OpenFailure::CrashDamage {
+                    cause: AuditError::Corrupt {
+                        dir: dir.clone(),
+                        detail: error.to_string(),
+                    },
+                    signed_length: None,
+                }
+            })?
         } else {
-            let core = builder
-                .build()
+            // The key file first: a crash before the log exists leaves a key
+            // the next start reuses, never a log whose key is nowhere else.
+            let identity = match repair::load_signing_key(&dir)? {
+                Some(identity) => identity,
+                None => {
+                    let identity = Identity::generate(&mut crypto_box::aead::OsRng);
+                    repair::persist_signing_key(&dir, &identity)?;
+                    identity
+                }
+            };
+            let core = repair::new_core(builder, &identity)
                 .await
                 .map_err(|source| AuditError::Storage {
                     context: "creating the log",
@@ -240,29 +319,39 @@ impl AuditLog {
             sync_dir(&dir)?;
             core
         };
-        if !core.info().writeable {
-            return Err(AuditError::NotWritable { dir });
-        }
+        let Some(secret) = core.key_pair().secret.clone() else {
+            return Err(AuditError::NotWritable { dir }.into());
+        };
+        // Logs made before the key file existed get one now, so that a later
+        // crash can be repaired; a key file holding another key is refused.
+        repair::persist_signing_key(&dir, &Identity::from_signing_key(secret))?;
         let data_path = dir.join("data");
         let data_len = fs::metadata(&data_path)
             .map_err(io_error(&data_path))?
             .len();
         let signed_len = core.info().byte_length;
+        let length = core.info().length;
         if data_len > signed_len {
-            return Err(AuditError::UnsignedTrailingData {
-                dir,
-                bytes: data_len - signed_len,
+            return Err(OpenFailure::CrashDamage {
+                cause: AuditError::UnsignedTrailingData {
+                    dir,
+                    bytes: data_len - signed_len,
+                },
+                signed_length: Some(length),
             });
         }
         if data_len < signed_len {
+            // Signed entries are gone: nothing to rebuild them from.
             return Err(AuditError::Corrupt {
                 dir,
                 detail: format!(
                     "data file is {data_len} bytes, the signed tree covers {signed_len}"
                 ),
-            });
+            }
+            .into());
         }
-        let last_digest = match core.info().length.checked_sub(1) {
+        let mut core = core;
+        let last_digest = match length.checked_sub(1) {
             None => None,
             Some(last) => match core.get(last).await {
                 Ok(Some(block)) => Some(sha256_hex(&block)),
@@ -270,16 +359,34 @@ impl AuditLog {
                     return Err(AuditError::Corrupt {
                         dir,
                         detail: format!("block {last} is missing"),
-                    });
+                    }
+                    .into());
                 }
                 Err(error) => {
-                    return Err(AuditError::Corrupt {
-                        dir,
-                        detail: format!("block {last}: {error}"),
+                    return Err(OpenFailure::CrashDamage {
+                        cause: AuditError::Corrupt {
+                            dir,
+                            detail: format!("block {last}: {error}"),
+                        },
+                        signed_length: Some(length),
                     });
                 }
             },
         };
+        // hypercore can open a log whose tree file lacks nodes a crash kept
+        // it from flushing (and then never writes them): prove every block
+        // now, so that such a log is rebuilt instead of failing later.
+        let public_key = hex::encode(core.key_pair().public.as_bytes());
+        match verify::verify(&dir, Some(&public_key)).await {
+            Ok(_) => {}
+            Err(cause @ AuditError::Corrupt { .. }) => {
+                return Err(OpenFailure::CrashDamage {
+                    cause,
+                    signed_length: Some(length),
+                });
+            }
+            Err(error) => return Err(error.into()),
+        }
         let files = file_identities(&dir)?;
         Ok(Self {
             dir,
@@ -287,7 +394,14 @@ impl AuditLog {
             last_digest,
             files,
             poisoned: false,
+            repaired: None,
         })
+    }
+
+    /// What [`Self::open`] repaired, if the log was found damaged by a crash.
+    #[must_use]
+    pub fn repaired(&self) -> Option<&AuditRepair> {
+        self.repaired.as_ref()
     }
 
     /// Appends the entry for a core audit record; durable when it returns.

@@ -130,6 +130,13 @@ async fn open_prover(dir: &Path, images: FileImages) -> Result<Hypercore, AuditE
         .map_err(corrupt)
 }
 
+fn unreadable(dir: &Path, seq: u64, detail: &str) -> AuditError {
+    AuditError::Corrupt {
+        dir: dir.to_owned(),
+        detail: format!("block {seq} cannot be proven from the log's files: {detail}"),
+    }
+}
+
 fn tampered(seq: Option<u64>, detail: impl Into<String>) -> AuditError {
     AuditError::Tampered {
         seq,
@@ -180,7 +187,10 @@ pub(super) async fn verify(
         let upgrade = prover
             .create_proof(None, None, None, Some(RequestUpgrade { start: 0, length }))
             .await
-            .map_err(|error| tampered(None, error.to_string()))?
+            .map_err(|error| AuditError::Corrupt {
+                dir: dir.to_owned(),
+                detail: format!("the signed tree cannot be proven from the log's files: {error}"),
+            })?
             .ok_or_else(|| tampered(None, "no proof of the signed tree"))?;
         match verifier.verify_and_apply_proof(&upgrade).await {
             Ok(true) => {}
@@ -190,7 +200,7 @@ pub(super) async fn verify(
     }
     let mut expected_prev: Option<String> = None;
     for seq in 0..length {
-        let block = verified_block(&mut prover, &mut verifier, seq).await?;
+        let block = verified_block(dir, &mut prover, &mut verifier, seq).await?;
         let digest = sha256_hex(&block);
         let json = String::from_utf8(block).map_err(|_| AuditError::MalformedEntry {
             seq,
@@ -227,6 +237,7 @@ pub(super) async fn verify(
 
 /// Block `seq`, as accepted by the verifier against the signed tree.
 async fn verified_block(
+    dir: &Path,
     prover: &mut Hypercore,
     verifier: &mut Hypercore,
     seq: u64,
@@ -235,11 +246,13 @@ async fn verified_block(
         .missing_nodes(seq)
         .await
         .map_err(|error| tampered(Some(seq), error.to_string()))?;
+    // The prover failing to build a proof means its own files lack a node
+    // or block (what a crash inside an append can leave), not a bad proof.
     let proof = prover
         .create_proof(Some(RequestBlock { index: seq, nodes }), None, None, None)
         .await
-        .map_err(|error| tampered(Some(seq), error.to_string()))?
-        .ok_or_else(|| tampered(Some(seq), "block missing from the log"))?;
+        .map_err(|error| unreadable(dir, seq, &error.to_string()))?
+        .ok_or_else(|| unreadable(dir, seq, "block missing from the log"))?;
     match verifier.verify_and_apply_proof(&proof).await {
         Ok(true) => {}
         Ok(false) => return Err(tampered(Some(seq), "block proof not accepted")),

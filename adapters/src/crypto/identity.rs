@@ -51,6 +51,12 @@ pub enum IdentityError {
         /// The file.
         path: PathBuf,
     },
+    /// [`Identity::persist`] found a file holding another key there.
+    #[error("key file {path} already holds a different key")]
+    AnotherKeyStored {
+        /// The file.
+        path: PathBuf,
+    },
     // The file itself: permissions, type, I/O.
     /// The file could not be read or written safely.
     #[error(transparent)]
@@ -150,6 +156,29 @@ impl Identity {
     pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
         Self {
             signing_key: SigningKey::generate(rng),
+        }
+    }
+
+    /// Loads the identity at `path`, or `Ok(None)` if there is no file.
+    pub fn load(path: &Path) -> Result<Option<Self>, IdentityError> {
+        match keyfile::read_private(path, MAX_KEY_FILE_BYTES)? {
+            Some(bytes) => Self::decode(path, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes this identity to `path` (mode 0600, atomically, fsynced). A file already there
+    /// must hold this same key: anything else is [`IdentityError::AnotherKeyStored`], never
+    /// replaced.
+    pub fn persist(&self, path: &Path) -> Result<(), IdentityError> {
+        match keyfile::create_private(path, &self.encode())? {
+            Created::Written => Ok(()),
+            Created::AlreadyExisted => match Self::load(path)? {
+                Some(existing) if existing.peer_id() == self.peer_id() => Ok(()),
+                _ => Err(IdentityError::AnotherKeyStored {
+                    path: path.to_owned(),
+                }),
+            },
         }
     }
 

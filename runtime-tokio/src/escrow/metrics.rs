@@ -16,6 +16,7 @@
 //! | `escrow_store_operation_duration_seconds` | histogram | `operation` |
 //! | `escrow_audit_append_duration_seconds` | histogram | – |
 //! | `escrow_audit_failures_total` | counter | – |
+//! | `escrow_audit_repairs_total` | counter | – (1 when this start rebuilt a log a crash left half-appended) |
 //!
 //! Labels are bounded: routes are the router's matched paths (or
 //! `unmatched`), reasons and operations are fixed strings.
@@ -120,6 +121,8 @@ pub struct EscrowMetrics {
     pub audit_duration: Histogram,
     /// `escrow_audit_failures_total`.
     pub audit_failures: Counter,
+    /// `escrow_audit_repairs_total`.
+    pub audit_repairs: Counter,
 }
 
 impl EscrowMetrics {
@@ -179,6 +182,12 @@ impl EscrowMetrics {
             "Audit appends that failed (the escrow refuses until restarted)",
             audit_failures.clone(),
         );
+        let audit_repairs = Counter::default();
+        registry.register(
+            "escrow_audit_repairs",
+            "Audit logs rebuilt at start after a crash inside an append (the damaged copy is kept)",
+            audit_repairs.clone(),
+        );
         for result in UNLOCK_RESULTS {
             unlocks.get_or_create_owned(&ResultLabel { result });
         }
@@ -201,6 +210,7 @@ impl EscrowMetrics {
             store_duration,
             audit_duration,
             audit_failures,
+            audit_repairs,
         })
     }
 

@@ -132,6 +132,18 @@ impl EscrowServer {
         let store = open_store(&config.store).await?;
         let audit = AuditLog::open(&config.audit_dir).await?;
         let metrics = EscrowMetrics::new();
+        if let Some(repair) = audit.repaired() {
+            metrics.audit_repairs.inc();
+            tracing::warn!(
+                audit_dir = %config.audit_dir.display(),
+                damaged_copy = %repair.damaged_dir.display(),
+                entries = repair.entries,
+                signed_entries = ?repair.signed_entries,
+                dropped_bytes = repair.dropped_bytes,
+                cause = %repair.cause,
+                "audit log rebuilt after a crash inside an append; the damaged copy is kept"
+            );
+        }
         let service =
             EscrowService::start(store, audit, keys, config.policy.clone(), metrics.clone())
                 .await?;

@@ -22,6 +22,7 @@ mod support;
 
 mod corrupt_deposit;
 mod disk_full;
+mod escrow_mid_deposit;
 mod escrow_outage;
 mod flood;
 mod postgres_outage;
