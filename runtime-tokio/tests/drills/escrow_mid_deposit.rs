@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use crate::escrow_support::{
     Backend, Harness, Options, RelayFixture, evidence_allowing, gateway, now,
 };
-use crate::support::{EscrowProcess, audit_entries};
+use crate::support::{EscrowProcess, audit_entries, drill_scale};
 
-/// Rounds of "restart, deposit, kill after a delay", and the delay's step.
+/// Rounds of "restart, deposit, kill after a delay" (times `HYPERGATE_DRILL_SCALE`, the delays
+/// cycling), and the delay's step.
 const KILL_ROUNDS: u64 = 24;
 const KILL_STEP_MS: u64 = 1;
 
@@ -40,19 +41,19 @@ async fn an_escrow_killed_during_deposits_restarts_and_holds_every_answered_depo
     let mut answered = Vec::new();
     let mut unanswered = Vec::new();
     let mut outcomes = Vec::new();
-    for round in 0..KILL_ROUNDS {
+    for round in 0..KILL_ROUNDS * drill_scale() {
+        let delay_ms = (round % KILL_ROUNDS) * KILL_STEP_MS;
         let relay = RelayFixture::new();
         let body = relay.deposit(&policy, &[gateway()]);
         let sending = {
             let worker = harness.client("worker");
             tokio::spawn(async move { worker.deposit(&body).await })
         };
-        tokio::time::sleep(Duration::from_millis(round * KILL_STEP_MS)).await;
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         escrow.kill();
         let outcome = sending.await.unwrap();
         outcomes.push(format!(
-            "{}ms:{}",
-            round * KILL_STEP_MS,
+            "{delay_ms}ms:{}",
             if outcome.is_ok() { "stored" } else { "lost" }
         ));
         if outcome.is_ok() {

@@ -264,3 +264,19 @@ pub(crate) fn audit_entries(dir: &Path) -> (Option<i32>, Vec<Value>) {
     }
     (output.status.code(), entries)
 }
+
+/// How many times longer the long variants run: `HYPERGATE_DRILL_SCALE` (default 1, the CI size).
+/// `HYPERGATE_DRILL_SCALE=20 cargo test -p hypergate-tokio --test drills -- --nocapture` runs
+/// twenty times the kill rounds and flood passes.
+pub(crate) fn drill_scale() -> u64 {
+    match std::env::var("HYPERGATE_DRILL_SCALE") {
+        Err(_) => 1,
+        Ok(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|scale| *scale >= 1)
+            .unwrap_or_else(|| {
+                panic!("HYPERGATE_DRILL_SCALE={text:?}: expected a whole number ≥ 1")
+            }),
+    }
+}
