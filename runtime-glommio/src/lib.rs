@@ -10,7 +10,10 @@
 //! - [`timers`]: the timer half of the core's drive loop on glommio timers,
 //!   and [`timers::GlommioTimer`], the peer link's timer.
 //! - [`peer_link`]: the gateway⇄worker link over glommio TCP.
+//! - [`http`]: HTTP/1.1 and WebSocket serving, one `SO_REUSEPORT` listener
+//!   per pinned executor.
 
 pub mod executor;
+pub mod http;
 pub mod peer_link;
 pub mod timers;
