@@ -32,3 +32,9 @@ mod secret_file;
 pub mod up;
 pub mod worker;
 pub mod worker_agent;
+
+/// tungstenite's read buffer per client WebSocket (gateway and worker). tungstenite allocates
+/// its default, 128 KiB, up front for every socket, which made an idle connection cost
+/// ≈ 135 KiB; most Nostr frames fit in 4 KiB and a larger one grows the buffer
+/// (`docs/benchmarks.md`, decisions D115).
+pub(crate) const WEBSOCKET_READ_BUFFER_BYTES: usize = 4096;

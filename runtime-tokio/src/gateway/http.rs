@@ -276,6 +276,7 @@ fn serve(
         return upgrade
             .max_message_size(cap)
             .max_frame_size(cap)
+            .read_buffer_size(crate::WEBSOCKET_READ_BUFFER_BYTES)
             .on_upgrade(move |socket| async move {
                 let _slot = slot;
                 clients::serve(socket, shared, relay_name, config, access, shutdown).await;

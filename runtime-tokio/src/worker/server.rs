@@ -145,6 +145,7 @@ fn serve(
         return upgrade
             .max_message_size(cap)
             .max_frame_size(cap)
+            .read_buffer_size(crate::WEBSOCKET_READ_BUFFER_BYTES)
             .on_upgrade(move |socket| connection::serve(socket, host, config, shutdown));
     }
     if accepts_nostr_json(headers) {
