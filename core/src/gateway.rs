@@ -382,6 +382,31 @@ impl Gateway {
         self.pump(now);
     }
 
+    /// At start, the mirror store already holds `stored` blocks of `relay`'s `core` from an
+    /// earlier run, whose owner last advertised `advertised`: sessions of the relay may be
+    /// served from it while no worker is reachable, and its freshness is what those lengths
+    /// say (a mirror holding all that was advertised is in sync, see
+    /// [`Health::mirror_freshness`]; one behind is as stale as its lag). Ignored for a relay
+    /// the registry does not know.
+    pub fn handle_mirror_found_at_start(
+        &mut self,
+        relay: RelayKey,
+        core: [u8; 32],
+        stored: u64,
+        advertised: u64,
+        now: Instant,
+    ) {
+        if self.registry.relay(&relay).is_none() {
+            return;
+        }
+        self.health.handle_mirror_advertised(relay, core, advertised, now);
+        self.health.handle_mirror_stored(relay, core, stored, now);
+        if stored > 0 {
+            self.router.handle_replica_available(relay, true, now);
+        }
+        self.pump(now);
+    }
+
     /// An operator registers a relay or updates it (`POST /api/relays`); no worker is
     /// attached. A relay with a mirror is routable to it at once.
     pub fn handle_operator_registration(&mut self, registration: &RelayRegistration, now: Instant) {

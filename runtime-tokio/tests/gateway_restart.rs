@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use escrow_support::{Backend, Harness, Options, SHARED_SECRET};
 use gateway_support::{
@@ -168,10 +168,15 @@ async fn a_gateway_killed_after_accepting_leased_writes_resumes_their_push_after
         accepted.push(event.id.to_hex());
     }
 
+    let leases = get_json(http, "/api/escrow/leases").await;
+    let lease_before = leases["leases"][0]["leaseId"].clone();
+    assert!(lease_before.is_string(), "no lease listed: {leases}");
+
     // SIGKILL the gateway at once, then start it again on the same data.
     drop(client);
     gateway.child.kill().unwrap();
     let _ = gateway.child.wait();
+    let restarted = Instant::now();
     let _gateway = start_gateway(&gateway_dir, http, peer, &harness);
     let relays = get_json(http, "/api/relays").await;
     assert_eq!(
@@ -179,8 +184,33 @@ async fn a_gateway_killed_after_accepting_leased_writes_resumes_their_push_after
         "the restarted gateway forgot the pending writes: {relays}"
     );
 
+    // The leased key died with the process (it is never on disk). The lease itself is still
+    // valid at the escrow: the next write re-fetches it (same lease id), never a new key.
+    let mut client = connect(&url).await;
+    let after = signed_event(9, 1_700_000_400, 1, Vec::new(), "after the restart");
+    let mut ok = publish(&mut client, &after.to_json()).await;
+    for _ in 0..40 {
+        if ok[2] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        ok = publish(&mut client, &after.to_json()).await;
+    }
+    assert_eq!(ok[2], true, "no write after the restart: {ok}");
+    accepted.push(after.id.to_hex());
+    let leases = get_json(http, "/api/escrow/leases").await;
+    assert_eq!(
+        leases["leases"][0]["leaseId"], lease_before,
+        "the restarted gateway holds another lease than the one it had: {leases}"
+    );
+    println!(
+        "restarted gateway: lease {lease_before} re-fetched, first write accepted {:?} after the restart",
+        restarted.elapsed()
+    );
+
     // The worker returns: push → resync → the accepted writes are the worker's own.
     let worker = run_worker(&worker_dir, peer, &harness);
+    let returned = Instant::now();
     let cleared = eventually(PATIENCE * 2, async || {
         let relays = get_json(http, "/api/relays").await;
         relays["relays"][0]["pending"]["gatewayPendingWrites"] == false
@@ -189,6 +219,10 @@ async fn a_gateway_killed_after_accepting_leased_writes_resumes_their_push_after
     assert!(
         cleared,
         "the pending writes were never resynced after the restart"
+    );
+    println!(
+        "worker back: pending writes pushed, resynced and cleared in {:?}",
+        returned.elapsed()
     );
     let mut local = connect(&format!("ws://{}/relay/{relay}", worker.addr)).await;
     let ids: Vec<String> = query(&mut local, "mine", r#"{"kinds":[1]}"#)

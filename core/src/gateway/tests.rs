@@ -166,6 +166,34 @@ fn a_restored_registry_makes_relays_routable_before_workers_return() {
     assert_eq!(restarted.router().target(session), Ok(Target::Replica));
 }
 
+#[test]
+fn a_mirror_found_at_start_serves_sessions_of_a_restored_relay_without_a_worker() {
+    let t0 = test_start();
+    let mut first = Gateway::new(GatewayConfig::default(), t0, UnixTime(0));
+    first.handle_link_up(WORKER, t0);
+    first.handle_frame(WORKER, register_frame(), t0);
+    let bytes = first.registry().snapshot_bytes().unwrap();
+
+    let registry = Registry::restore_bytes(&bytes).unwrap();
+    let mut restarted = Gateway::with_registry(GatewayConfig::default(), registry, t0, UnixTime(0));
+    let before = restarted
+        .open_session("npub1x:demo", SessionKind::Client, t0)
+        .unwrap();
+    assert_eq!(restarted.router().target(before), Ok(Target::Unavailable));
+    // A mirror of a relay the registry does not know changes nothing.
+    restarted.handle_mirror_found_at_start(RelayKey([9; 32]), [3; 32], 4, 4, t0);
+    assert!(restarted.health().mirror_freshness(&RelayKey([9; 32]), t0).is_none());
+    restarted.handle_mirror_found_at_start(RELAY, [3; 32], 4, 6, t0);
+    let after = restarted
+        .open_session("npub1x:demo", SessionKind::Client, t0)
+        .unwrap();
+    assert_eq!(restarted.router().target(after), Ok(Target::Replica));
+    assert_eq!(restarted.router().target(before), Ok(Target::Replica));
+    // Its freshness is what the lengths say: two blocks behind what the owner advertised.
+    let freshness = restarted.health().mirror_freshness(&RELAY, t0).unwrap();
+    assert_eq!(freshness.lag_blocks, 2);
+}
+
 /// The core machines must be `Send` so a multi-threaded runtime can own them.
 #[test]
 fn core_machines_are_send() {
