@@ -399,7 +399,8 @@ impl Gateway {
         if self.registry.relay(&relay).is_none() {
             return;
         }
-        self.health.handle_mirror_advertised(relay, core, advertised, now);
+        self.health
+            .handle_mirror_advertised(relay, core, advertised, now);
         self.health.handle_mirror_stored(relay, core, stored, now);
         if stored > 0 {
             self.router.handle_replica_available(relay, true, now);

@@ -182,7 +182,12 @@ fn a_mirror_found_at_start_serves_sessions_of_a_restored_relay_without_a_worker(
     assert_eq!(restarted.router().target(before), Ok(Target::Unavailable));
     // A mirror of a relay the registry does not know changes nothing.
     restarted.handle_mirror_found_at_start(RelayKey([9; 32]), [3; 32], 4, 4, t0);
-    assert!(restarted.health().mirror_freshness(&RelayKey([9; 32]), t0).is_none());
+    assert!(
+        restarted
+            .health()
+            .mirror_freshness(&RelayKey([9; 32]), t0)
+            .is_none()
+    );
     restarted.handle_mirror_found_at_start(RELAY, [3; 32], 4, 6, t0);
     let after = restarted
         .open_session("npub1x:demo", SessionKind::Client, t0)

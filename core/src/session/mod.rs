@@ -77,13 +77,17 @@
 //! - `subscription.rs`: one subscription's phase and the ids it has sent.
 //! - [`RelayInformation`]: the NIP-11 document a relay built on this machine advertises.
 
+mod budget;
 mod info;
+mod repeats;
 mod subscription;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
+pub use budget::FrameBudget;
 pub use info::{RelayInformation, RelayLimitation};
+pub use repeats::{DELIVERED_WINDOW, DeliveredLog};
 
 use crate::nostr::{
     ClientMessage, Event, EventId, Filter, FrameError, Limits, MachineReadablePrefix, RelayMessage,

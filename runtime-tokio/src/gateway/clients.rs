@@ -12,7 +12,7 @@
 //! - **Switching without duplicates or gaps.** The session remembers its open `REQ`s. On a
 //!   switch (worker → replica or back) it re-sends them to the new side, which answers with
 //!   its stored events, `EOSE`, then live events. Per subscription the session remembers the
-//!   ids it already delivered (up to [`DELIVERED_WINDOW`]) and whether `EOSE` was sent: a
+//!   ids it already delivered (core's [`DeliveredLog`]) and whether `EOSE` was sent: a
 //!   repeat is dropped, so the client sees each event once and one `EOSE`; an event that
 //!   arrived during the switch is in the new side's stored answer. (A `limit`ed REQ re-sent
 //!   after more than `limit` new events can only return the newest `limit`.)
@@ -30,12 +30,12 @@ use hypergate_adapters::relay::{HostedSession, LiveStarted};
 use hypergate_core::gateway::WriteVerdict;
 use hypergate_core::ids::{PeerId, RelayKey};
 use hypergate_core::nostr::{
-    ClientMessage, Event, EventId, PublicKey, RelayMessage, SignatureVerifier, SubscriptionId,
+    ClientMessage, Event, PublicKey, RelayMessage, SignatureVerifier, SubscriptionId,
     check_auth_event,
 };
 use hypergate_core::registry::PendingMark;
 use hypergate_core::router::{SessionId, SessionKind};
-use hypergate_core::session::{PublishOutcome, Session, SessionConfig};
+use hypergate_core::session::{DeliveredLog, FrameBudget, PublishOutcome, Session, SessionConfig};
 use hypergate_core::wire::{BoundedString, Frame, Message, NostrFrame, PendingType};
 use rand_core::{OsRng, TryRngCore};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
@@ -45,8 +45,6 @@ use super::http::Access;
 use super::replica::ReplicaHost;
 use super::state::{Forwarded, SessionSignal, Shared, WriteDecision};
 
-/// Event ids remembered per subscription to drop repeats across a switch.
-pub(crate) const DELIVERED_WINDOW: usize = 10_000;
 /// Client frames held while the session is being routed.
 const HELD_FRAMES: usize = 256;
 /// Signals queued for one session.
@@ -69,39 +67,6 @@ pub(crate) struct ClientConfig {
     pub(crate) frame_burst: u32,
 }
 
-/// A token bucket: `rate` tokens a second up to `burst`; one frame costs one token.
-struct FrameBudget {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    at: std::time::Instant,
-}
-
-impl FrameBudget {
-    fn new(rate: u32, burst: u32, now: std::time::Instant) -> FrameBudget {
-        let burst = f64::from(burst.max(1));
-        FrameBudget {
-            rate: f64::from(rate.max(1)),
-            burst,
-            tokens: burst,
-            at: now,
-        }
-    }
-
-    /// Whether a frame may pass at `now` (and spends its token).
-    fn admit(&mut self, now: std::time::Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.at = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 type LiveItem = (SubscriptionId, SubscriberId, LiveMessage);
 type WriteDone = (Event, Result<u64, PublishOutcome>);
 
@@ -119,49 +84,6 @@ struct ReplicaConn {
     forwarders: JoinSet<()>,
 }
 
-/// What the client was sent, per subscription, to drop repeats after a switch.
-#[derive(Default)]
-struct Delivered {
-    ids: BTreeMap<String, (BTreeSet<EventId>, VecDeque<EventId>)>,
-    eose: BTreeSet<String>,
-}
-
-impl Delivered {
-    /// Whether `message` should reach the client (and remembers it if so).
-    fn admit(&mut self, message: &RelayMessage) -> bool {
-        match message {
-            RelayMessage::Event {
-                subscription_id,
-                event,
-            } => {
-                let (seen, order) = self
-                    .ids
-                    .entry(subscription_id.as_str().to_owned())
-                    .or_default();
-                if !seen.insert(event.id) {
-                    return false;
-                }
-                order.push_back(event.id);
-                if order.len() > DELIVERED_WINDOW
-                    && let Some(oldest) = order.pop_front()
-                {
-                    seen.remove(&oldest);
-                }
-                true
-            }
-            RelayMessage::Eose(subscription_id) => {
-                self.eose.insert(subscription_id.as_str().to_owned())
-            }
-            _ => true,
-        }
-    }
-
-    fn forget(&mut self, subscription: &str) {
-        self.ids.remove(subscription);
-        self.eose.remove(subscription);
-    }
-}
-
 /// One connection's task state.
 struct Client {
     shared: Arc<Shared>,
@@ -171,7 +93,7 @@ struct Client {
     mode: Mode,
     /// Open REQs by subscription id, as the client sent them.
     subscriptions: BTreeMap<String, String>,
-    delivered: Delivered,
+    delivered: DeliveredLog,
     out: mpsc::Sender<WsMessage>,
     live_tx: mpsc::Sender<LiveItem>,
     writes: JoinSet<WriteDone>,
@@ -284,7 +206,7 @@ pub(crate) async fn serve(
         relay,
         mode: Mode::Pending(VecDeque::new()),
         subscriptions: BTreeMap::new(),
-        delivered: Delivered::default(),
+        delivered: DeliveredLog::default(),
         out,
         live_tx,
         writes: JoinSet::new(),
