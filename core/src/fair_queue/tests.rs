@@ -33,10 +33,20 @@ fn a_calm_flow_is_admitted_and_served_within_one_round_while_others_flood() {
     }
     assert!(refused > 0, "the flood fills the shared room");
     assert_eq!(queue.push(Flow::Client(1), 999), Err(Refused::SharedFull));
-    assert_eq!(queue.client_len(), 6 + 10, "the flooders' reserved items and the shared room");
+    assert_eq!(
+        queue.client_len(),
+        6 + 10,
+        "the flooders' reserved items and the shared room"
+    );
     queue.push(Flow::Client(9), 7).unwrap();
-    let served: Vec<_> = drain(&mut queue).into_iter().map(|(flow, _)| flow).collect();
-    let calm = served.iter().position(|flow| *flow == Flow::Client(9)).unwrap();
+    let served: Vec<_> = drain(&mut queue)
+        .into_iter()
+        .map(|(flow, _)| flow)
+        .collect();
+    let calm = served
+        .iter()
+        .position(|flow| *flow == Flow::Client(9))
+        .unwrap();
     assert!(calm <= 3, "the calm flow waited {calm} turns: {served:?}");
 }
 
@@ -52,7 +62,10 @@ fn control_items_have_their_own_room_whatever_the_clients_hold() {
     for item in 0..3 {
         queue.push(Flow::Control, item).unwrap();
     }
-    assert_eq!(queue.push(Flow::Control, 3), Err(Refused::ControlFull { held: 3 }));
+    assert_eq!(
+        queue.push(Flow::Control, 3),
+        Err(Refused::ControlFull { held: 3 })
+    );
     assert_eq!(queue.len(), 21);
     assert_eq!(queue.len(), queue.limits().max_items());
 }
@@ -113,7 +126,11 @@ fn arbitrary_limits() -> impl Strategy<Value = FairQueueLimits> {
 }
 
 fn flow_of(n: u8) -> Flow<u8> {
-    if n == 0 { Flow::Control } else { Flow::Client(n) }
+    if n == 0 {
+        Flow::Control
+    } else {
+        Flow::Client(n)
+    }
 }
 
 /// What one step did, with the model's per-flow lengths just before it.
@@ -189,7 +206,10 @@ fn run(limits: FairQueueLimits, ops: &[Op]) -> Vec<Step> {
     }
     // Whatever is left drains exactly as the model holds it.
     while let Some((flow, item)) = queue.pop() {
-        assert_eq!(model.get_mut(&flow).and_then(VecDeque::pop_front), Some(item));
+        assert_eq!(
+            model.get_mut(&flow).and_then(VecDeque::pop_front),
+            Some(item)
+        );
         if model.get(&flow).is_some_and(VecDeque::is_empty) {
             model.remove(&flow);
         }
