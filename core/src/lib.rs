@@ -18,11 +18,14 @@
 //! - [`session`]: one client connection's NIP-01 conversation with a relay (REQ, EVENT,
 //!   CLOSE, live delivery), whose effects an adapter executes against the relay's index.
 //! - [`timer`]: the deadline queue behind every `poll_timeout`.
+//! - [`fair_queue`]: per-flow queues served in round robin onto one outbound link, with
+//!   reserved room for calm flows and for the link's own control frames.
 //! - [`ids`], [`time`]: identities and time types shared by all of the above.
 
 #![warn(missing_docs)]
 
 pub mod escrow;
+pub mod fair_queue;
 pub mod gateway;
 pub mod health;
 pub mod histogram;
@@ -47,4 +50,5 @@ const _: fn() = || {
     assert_send::<health::Health>();
     assert_send::<router::Router>();
     assert_send::<session::Session>();
+    assert_send::<fair_queue::FairQueue<u64, wire::Frame>>();
 };

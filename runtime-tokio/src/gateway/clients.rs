@@ -36,12 +36,15 @@ use hypergate_core::nostr::{
 use hypergate_core::registry::PendingMark;
 use hypergate_core::router::{SessionId, SessionKind};
 use hypergate_core::session::{DeliveredLog, FrameBudget, PublishOutcome, Session, SessionConfig};
-use hypergate_core::wire::{BoundedString, Frame, Message, NostrFrame, PendingType};
+use hypergate_core::wire::{
+    BoundedString, Frame, MAX_NOSTR_FRAME_BYTES, Message, NostrFrame, PendingType,
+};
 use rand_core::{OsRng, TryRngCore};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::http::Access;
+use super::metrics::RATE_LIMIT;
 use super::replica::ReplicaHost;
 use super::state::{Forwarded, SessionSignal, Shared, WriteDecision};
 
@@ -234,6 +237,7 @@ pub(crate) async fn serve(
                     if budget.admit(shared.clock_now()) {
                         client.on_client_text(text.as_str()).await
                     } else {
+                        shared.metrics.client_frame_refused(RATE_LIMIT);
                         client.refuse_rate_limited(text.as_str())
                     }
                 }
@@ -359,9 +363,13 @@ impl Client {
                 let peer = *peer;
                 match self.forward(peer, text.clone()) {
                     Forwarded::Queued => Ok(()),
-                    // The worker's link is saturated: this client's frame is refused, not the
-                    // link dropped (a client must not take a worker away from everyone).
-                    Forwarded::Busy => self.refuse_rate_limited(&text),
+                    // This session's backlog on the worker's link, or the link's room, is
+                    // full: this client's frame is refused, not the link dropped (a client
+                    // must not take a worker away from everyone).
+                    Forwarded::Refused(refused) => {
+                        self.shared.metrics.client_frame_refused(refused.as_str());
+                        self.refuse_rate_limited(&text)
+                    }
                     Forwarded::NoLink => {
                         // The link is gone: route again, and send the frame where that leads.
                         self.mode = Mode::Pending(VecDeque::from([text]));
@@ -388,7 +396,7 @@ impl Client {
         }
     }
 
-    /// Forwards a client frame (empty: end of session) to `peer`.
+    /// Forwards a client frame to `peer`, in this session's flow of its link.
     fn forward(&self, peer: PeerId, text: String) -> Forwarded {
         let frame = match BoundedString::new(text) {
             Ok(frame) => frame,
@@ -397,13 +405,30 @@ impl Client {
                 return Forwarded::Queued;
             }
         };
-        let message = Message::NostrFrame(NostrFrame {
-            relay_key: self.relay,
-            session: self.session.0,
-            frame,
-        });
+        let frame = self.worker_frame(frame);
+        let session = self.session;
         self.shared
-            .read_core(|state| Shared::forward_to_peer(state, peer, Frame::new(0, message)))
+            .read_core(|state| Shared::forward_to_peer(state, peer, session, frame))
+    }
+
+    /// Tells `peer` this session left it (an empty frame); what it still had queued there
+    /// is dropped.
+    fn end_on_peer(&self, peer: PeerId) {
+        let ended = self.worker_frame(BoundedString::default());
+        let session = self.session;
+        self.shared
+            .read_core(|state| Shared::end_session_on_peer(state, peer, session, ended));
+    }
+
+    fn worker_frame(&self, frame: BoundedString<MAX_NOSTR_FRAME_BYTES>) -> Frame {
+        Frame::new(
+            0,
+            Message::NostrFrame(NostrFrame {
+                relay_key: self.relay,
+                session: self.session.0,
+                frame,
+            }),
+        )
     }
 
     /// NIP-42: answers `AUTH`, and refuses everything else until the client authenticated.
@@ -599,7 +624,7 @@ impl Client {
             Mode::Pending(held) => held.into(),
             Mode::Peer(peer) => {
                 // Tell the worker the session moved on (its subscriptions end there).
-                let _ = self.forward(peer, String::new());
+                self.end_on_peer(peer);
                 Vec::new()
             }
             Mode::Replica(replica) => {

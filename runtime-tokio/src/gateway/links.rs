@@ -4,9 +4,9 @@
 //! Contract:
 //! - Only workers the [`AcceptPolicy`] admits get a link; nothing is read before the
 //!   handshake completed (the peer link's guarantee).
-//! - Each link gets one bounded outbound queue, drained in order by one writer task: frames
-//!   the core sends (acks, pushes) and forwarded client frames share it, so a session's
-//!   frames stay in order.
+//! - Each link gets one [`LinkQueue`], drained by one writer task: forwarded client frames in
+//!   a flow per session (each session's frames stay in order), the core's frames (acks,
+//!   pushes) in a control flow, served in round robin (see `link_queue.rs`).
 //! - `MirrorAdvertise` registers the advertised cores in the mirror and pulls each one from
 //!   where the mirror stands, with requests built from the mirror's own state (so a batch a
 //!   crash cut short resumes); every block is verified before it is stored. After each batch
@@ -32,9 +32,10 @@ use hypergate_core::wire::{
     Message, MirrorProofRequest, MirrorRangeRequest,
 };
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
+use super::link_queue::{LinkQueue, write_frames};
 use super::state::Shared;
 use hypergate_adapters::mirror::wire::{decode_mirror_response, pack_proofs, proof_request};
 
@@ -44,9 +45,6 @@ const PULL_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// How many unanswered pull requests are asked again before the pull waits for the next
 /// advertisement.
 const PULL_RETRIES: u32 = 3;
-
-/// Frames queued for one worker before its link counts as dead.
-const PEER_OUTBOUND_QUEUE: usize = 4096;
 
 /// Cores being pulled now (one puller per core).
 #[derive(Default)]
@@ -118,19 +116,15 @@ pub(crate) async fn serve(
 
 async fn serve_link(shared: Arc<Shared>, pulling: Arc<Pulling>, link: PeerLink, inbound: Inbound) {
     let peer = link.remote();
-    let (out_tx, mut out_rx) = mpsc::channel::<Frame>(PEER_OUTBOUND_QUEUE);
-    let writer_link = link.clone();
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = out_rx.recv().await {
-            if writer_link.send(frame).await.is_err() {
-                return;
-            }
-        }
-    });
+    let own_queue = Arc::new(LinkQueue::new());
+    let writer = {
+        let queue = Arc::clone(&own_queue);
+        let link = link.clone();
+        tokio::spawn(async move { write_frames(&queue, &link).await })
+    };
     tracing::info!(peer = %peer.short(), "worker linked");
-    let own_queue = out_tx.clone();
     shared.with_core(|state, now| {
-        state.outbound.insert(peer, out_tx);
+        state.outbound.insert(peer, Arc::clone(&own_queue));
         // A worker that reconnects before its old connection was seen to die: the newer link
         // wins, and the old one is closed (its end must not take the new one down).
         if let Some(old) = state.links.insert(peer, link.clone()) {
@@ -196,7 +190,7 @@ async fn serve_link(shared: Arc<Shared>, pulling: Arc<Pulling>, link: PeerLink, 
         if state
             .outbound
             .get(&peer)
-            .is_some_and(|queue| queue.same_channel(&own_queue))
+            .is_some_and(|queue| Arc::ptr_eq(queue, &own_queue))
         {
             state.outbound.remove(&peer);
             state.links.remove(&peer);

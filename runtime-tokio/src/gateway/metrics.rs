@@ -39,6 +39,8 @@
 //! | `gateway_blind_peer_mirror_lag_blocks` | gauge | `relay`, `type`: max blocks behind over those cores |
 //! | `gateway_blind_peer_verified_blocks_total` | counter | – |
 //! | `gateway_blind_peer_rejected_blocks_total` | counter | – |
+//! | `gateway_client_frames_refused_total` | counter | `reason`: `rate-limit` (over the connection's frame rate), `flow-full` (the session's backlog on its worker's link is full), `link-busy` (the link's room is full) |
+//! | `gateway_peer_link_queued_frames` | gauge | – (frames waiting on all worker links) |
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -70,6 +72,11 @@ const PUSH_WAIT_BUCKETS: [f64; 7] = [5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0]
 const PUSH_RESULTS: [&str; 5] = ["sent", "acked", "overdue", "cleared", "abandoned"];
 /// Every fallback-write outcome.
 const FALLBACK_WRITE_RESULTS: [&str; 3] = ["accepted", "readonly", "error"];
+/// A client frame refused for exceeding its connection's frame rate.
+pub(crate) const RATE_LIMIT: &str = "rate-limit";
+/// Every reason a client frame is refused `rate-limited:`: the connection's own rate, then the
+/// labels of the link queue's refusals (`Refused::as_str`) a client frame can get.
+const CLIENT_FRAME_REFUSALS: [&str; 3] = [RATE_LIMIT, "flow-full", "link-busy"];
 /// Every eviction reason.
 const EVICTION_REASONS: [EvictionReason; 3] = [
     EvictionReason::Stale,
@@ -172,6 +179,8 @@ pub(crate) struct GatewayMetrics {
     mirror_lag_blocks: Family<RelayType, Gauge>,
     verified_blocks: Counter,
     rejected_blocks: Counter,
+    frames_refused: Family<ReasonLabel, Counter>,
+    link_queued: Gauge,
 }
 
 impl GatewayMetrics {
@@ -199,6 +208,8 @@ impl GatewayMetrics {
             mirror_lag_blocks: Family::default(),
             verified_blocks: Counter::default(),
             rejected_blocks: Counter::default(),
+            frames_refused: Family::default(),
+            link_queued: Gauge::default(),
         };
         metrics.register_all();
         for result in PUSH_RESULTS {
@@ -219,6 +230,11 @@ impl GatewayMetrics {
             metrics.evictions.get_or_create_owned(&ReasonLabel {
                 reason: reason.as_str(),
             });
+        }
+        for reason in CLIENT_FRAME_REFUSALS {
+            metrics
+                .frames_refused
+                .get_or_create_owned(&ReasonLabel { reason });
         }
         metrics
     }
@@ -326,6 +342,16 @@ impl GatewayMetrics {
             "Mirrored blocks refused because they did not verify",
             self.rejected_blocks.clone(),
         );
+        r.register(
+            "gateway_client_frames_refused",
+            "Client frames answered rate-limited, by reason: the connection's rate, its backlog on the worker link, the link's room",
+            self.frames_refused.clone(),
+        );
+        r.register(
+            "gateway_peer_link_queued_frames",
+            "Frames waiting on all worker links",
+            self.link_queued.clone(),
+        );
     }
 
     pub(crate) fn client_connected(&self) {
@@ -375,6 +401,14 @@ impl GatewayMetrics {
                 })
                 .inc();
         }
+    }
+
+    /// Counts a client frame refused `rate-limited:` for `reason` (one of
+    /// `CLIENT_FRAME_REFUSALS`; anything else is counted as given, and is a bug).
+    pub(crate) fn client_frame_refused(&self, reason: &'static str) {
+        self.frames_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub(crate) fn mirror_stored(&self, blocks: u64) {
@@ -427,6 +461,9 @@ impl GatewayMetrics {
     ) -> String {
         self.peers
             .set(i64::try_from(state.outbound.len()).unwrap_or(i64::MAX));
+        let queued: usize = state.outbound.values().map(|queue| queue.len()).sum();
+        self.link_queued
+            .set(i64::try_from(queued).unwrap_or(i64::MAX));
         // Rebuilt from the registry: a removed relay stops being exported.
         self.pending.clear();
         self.pending_oldest.clear();

@@ -23,6 +23,7 @@ pub mod ctl;
 mod drive;
 mod escrow_link;
 mod http;
+mod link_queue;
 mod links;
 mod metrics;
 mod operator;

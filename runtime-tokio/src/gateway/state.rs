@@ -9,7 +9,10 @@
 //! - Router attempts are answered inside the same drain: a worker is worth trying when its
 //!   peer link is up; a frame it cannot serve comes back as a "session ended" frame, which
 //!   the session reports as a forward failure.
-//! - A peer whose outbound queue is full is treated as a dead link (the core hears it is
+//! - Each link's outbound frames wait in a [`LinkQueue`]: client frames in their session's
+//!   flow (a refusal is that client's `rate-limited:` answer, never the link's end), the
+//!   core's frames in the control flow, whose own room client frames never take. A peer
+//!   whose control flow is full anyway is treated as a dead link (the core hears it is
 //!   down), the peer link's backpressure contract.
 //! - Escrow calls, lease-end cleanup and replica refreshes are spawned, never awaited in the
 //!   drain; they come back with their own `with_core` input.
@@ -24,6 +27,7 @@ use hypergate_adapters::crypto::{Identity, LeaseVault};
 use hypergate_adapters::drive::GatewayDrives;
 use hypergate_adapters::mirror::MirrorStore;
 use hypergate_adapters::peer_link::{CloseCode, PeerLink};
+use hypergate_core::fair_queue::{Flow, Refused};
 use hypergate_core::gateway::{Gateway, GatewayEvent, WriteId};
 use hypergate_core::ids::PeerId;
 use hypergate_core::lease::LeaseEvent;
@@ -33,6 +37,7 @@ use hypergate_core::wire::{Frame, Message};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::escrow_link::EscrowLink;
+use super::link_queue::LinkQueue;
 use super::metrics::GatewayMetrics;
 use super::replica::{LeasedWriters, ReplicaHosts};
 use super::tokens::TokenKeys;
@@ -55,8 +60,8 @@ pub(crate) enum SessionSignal {
 pub(crate) enum Forwarded {
     /// Queued on the worker's link.
     Queued,
-    /// The link's queue is full: the frame was refused.
-    Busy,
+    /// Refused by the link's queue (the session's backlog or the link's room is full).
+    Refused(Refused),
     /// The worker has no link (any more).
     NoLink,
 }
@@ -74,7 +79,7 @@ pub(crate) enum WriteDecision {
 pub(crate) struct CoreState {
     pub(crate) core: Gateway,
     /// Outbound frame queues of the peers whose links are up.
-    pub(crate) outbound: BTreeMap<PeerId, mpsc::Sender<Frame>>,
+    pub(crate) outbound: BTreeMap<PeerId, Arc<LinkQueue>>,
     /// The links themselves, for requests that wait for an answer (forwarded HTTP).
     pub(crate) links: BTreeMap<PeerId, PeerLink>,
     /// Client sessions, by the router's id.
@@ -230,26 +235,53 @@ impl Shared {
         }
     }
 
-    /// Queues a client's `frame` for `peer` without ever taking the link down: a full queue
-    /// refuses this frame only (the worker is busy for everyone), no queue means no link.
-    pub(crate) fn forward_to_peer(state: &CoreState, peer: PeerId, frame: Frame) -> Forwarded {
+    /// Queues `session`'s `frame` for `peer` in the session's own flow, without ever taking
+    /// the link down: a refusal refuses this frame only; no queue means no link.
+    pub(crate) fn forward_to_peer(
+        state: &CoreState,
+        peer: PeerId,
+        session: SessionId,
+        frame: Frame,
+    ) -> Forwarded {
         match state.outbound.get(&peer) {
             None => Forwarded::NoLink,
-            Some(queue) => match queue.try_send(frame) {
+            Some(queue) => match queue.push(Flow::Client(session), frame) {
                 Ok(()) => Forwarded::Queued,
-                Err(mpsc::error::TrySendError::Full(_)) => Forwarded::Busy,
-                Err(mpsc::error::TrySendError::Closed(_)) => Forwarded::NoLink,
+                Err(refused) => Forwarded::Refused(refused),
             },
         }
     }
 
-    /// Queues `frame` for `peer`; a full or closed queue takes the link down.
+    /// Tells `peer` that `session` left it (`ended` is the "session ended" frame); what the
+    /// session still had queued there is dropped. Whether the peer has a link.
+    pub(crate) fn end_session_on_peer(
+        state: &CoreState,
+        peer: PeerId,
+        session: SessionId,
+        ended: Frame,
+    ) -> bool {
+        let Some(queue) = state.outbound.get(&peer) else {
+            return false;
+        };
+        let dropped = queue.end_session(session, ended);
+        if dropped > 0 {
+            tracing::debug!(
+                session = session.0,
+                dropped,
+                "frames of a session that left its worker dropped"
+            );
+        }
+        true
+    }
+
+    /// Queues the core's `frame` for `peer` in the link's control flow; a full control flow
+    /// takes the link down.
     pub(crate) fn send_to_peer(state: &mut CoreState, peer: PeerId, frame: Frame, now: Instant) {
         let Some(queue) = state.outbound.get(&peer) else {
             return;
         };
-        if queue.try_send(frame).is_err() {
-            tracing::warn!(peer = %peer.short(), "peer link outbound queue full or closed: dropping the link");
+        if let Err(refused) = queue.push(Flow::Control, frame) {
+            tracing::warn!(peer = %peer.short(), %refused, "peer link outbound queue full: dropping the link");
             state.outbound.remove(&peer);
             if let Some(link) = state.links.remove(&peer) {
                 tokio::spawn(async move {
