@@ -20,6 +20,11 @@ use tokio_tungstenite::tungstenite::Message;
 pub async fn serve(listen: &str) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).await?;
     println!("echo listening on {}", listener.local_addr()?);
+    serve_on(listener).await
+}
+
+/// Serves connections accepted on `listener` until accepting fails.
+pub async fn serve_on(listener: TcpListener) -> anyhow::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         tokio::spawn(answer(stream));
@@ -91,6 +96,37 @@ mod tests {
             RelayMessage::parse(&eose).unwrap(),
             RelayMessage::Eose(id) if id.as_str() == "s1"
         ));
+    }
+
+    #[tokio::test]
+    async fn the_load_generator_completes_event_and_req_against_the_echo_without_errors() {
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use crate::bench::load::{self, LoadConfig, Workload};
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        let server = tokio::spawn(serve_on(listener));
+        let config = LoadConfig {
+            url,
+            connections: 2,
+            warmup: Duration::ZERO,
+            duration: Duration::from_millis(300),
+            request_timeout: Duration::from_secs(10),
+            progress: None,
+        };
+        let pool = Arc::new(EventPool::sign("echo-load", 50, 1_700_000_000, 8).unwrap());
+        let events = load::run(&config, &Workload::Event(pool)).await.unwrap();
+        assert!(events.requests > 0);
+        assert_eq!(events.errors, 0, "{:?}", events.first_error);
+        let reqs = load::run(&config, &Workload::req(r#"{"limit":10}"#).unwrap())
+            .await
+            .unwrap();
+        assert!(reqs.requests > 0);
+        assert_eq!(reqs.errors, 0, "{:?}", reqs.first_error);
+        assert_eq!(reqs.events_per_req, 0.0);
+        server.abort();
     }
 
     #[test]
