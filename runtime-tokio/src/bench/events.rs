@@ -87,6 +87,44 @@ impl EventPool {
         })
     }
 
+    /// [`EventPool::sign`] split over `threads` threads (chunk `t` labelled `{label}/{t}`), for
+    /// pools large enough that signing on one core would take longer than the run.
+    pub fn sign_parallel(
+        label: &str,
+        count: usize,
+        created_at: u64,
+        content_bytes: usize,
+        threads: usize,
+    ) -> Result<EventPool, EventPoolError> {
+        let threads = threads.clamp(1, count.max(1));
+        let chunk = count.div_ceil(threads);
+        let chunks = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let size = chunk.min(count.saturating_sub(t * chunk));
+                    let label = format!("{label}/{t}");
+                    scope.spawn(move || EventPool::sign(&label, size, created_at, content_bytes))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect::<Vec<_>>()
+        });
+        let mut frames = Vec::with_capacity(count);
+        for pool in chunks {
+            frames.extend(pool?.frames);
+        }
+        Ok(EventPool {
+            frames,
+            next: AtomicUsize::new(0),
+        })
+    }
+
     /// The next unsent frame; `None` once all were handed out.
     pub fn take(&self) -> Option<&SignedFrame> {
         let index = self.next.fetch_add(1, Ordering::Relaxed);
@@ -136,5 +174,16 @@ mod tests {
         assert_eq!(seen.len(), 20);
         assert!(pool.exhausted());
         assert!(pool.take().is_none());
+    }
+
+    #[test]
+    fn a_pool_signed_in_parallel_has_the_count_asked_for_and_no_repeats() {
+        let pool = EventPool::sign_parallel("p", 7, 1_700_000_000, 8, 3).unwrap();
+        assert_eq!(pool.len(), 7);
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(signed) = pool.take() {
+            assert!(seen.insert(signed.id.clone()), "repeated event");
+        }
+        assert_eq!(seen.len(), 7);
     }
 }

@@ -91,7 +91,10 @@ pub async fn run(options: &GatewayBenchOptions, json: bool) -> anyhow::Result<()
     Ok(())
 }
 
-async fn one_run(run: usize, options: &GatewayBenchOptions) -> anyhow::Result<RunFigures> {
+pub(crate) async fn one_run(
+    run: usize,
+    options: &GatewayBenchOptions,
+) -> anyhow::Result<RunFigures> {
     let mut topology = Topology::start(&options.topology).await?;
     let worker = topology.worker_url();
     let gateway = topology.gateway_url();
@@ -179,7 +182,7 @@ async fn one_run(run: usize, options: &GatewayBenchOptions) -> anyhow::Result<Ru
 }
 
 /// Signs a pool off the async threads (signing is client cost, paid before the clock runs).
-async fn sign(label: &str, count: usize) -> anyhow::Result<Arc<EventPool>> {
+pub(crate) async fn sign(label: &str, count: usize) -> anyhow::Result<Arc<EventPool>> {
     let label = label.to_owned();
     let created_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -194,7 +197,7 @@ async fn sign(label: &str, count: usize) -> anyhow::Result<Arc<EventPool>> {
 }
 
 /// Waits for the mirror to hold `written` events; warns (and goes on) if it does not.
-async fn settle(topology: &Topology, written: u64) {
+pub(crate) async fn settle(topology: &Topology, written: u64) {
     if !topology.wait_mirrored(written, SETTLE_LIMIT).await {
         eprintln!(
             "bench: warning: the mirror did not reach {written} blocks with no lag within {} s; \

@@ -29,7 +29,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use super::events::EventPool;
 use super::stats::{Latencies, LatencySummary};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Why a load run could not start.
 #[derive(Debug, thiserror::Error)]
@@ -225,7 +225,7 @@ pub async fn run(config: &LoadConfig, workload: &Workload) -> Result<LoadReport,
     })
 }
 
-async fn open(url: &str) -> Result<Ws, LoadError> {
+pub(crate) async fn open(url: &str) -> Result<Ws, LoadError> {
     // Nagle off: small frames each way, one at a time; without it delayed ACKs add ~40 ms.
     tokio_tungstenite::connect_async_with_config(url, None, true)
         .await
@@ -298,7 +298,7 @@ async fn drive(
 
 /// Why one request failed.
 #[derive(Debug, thiserror::Error)]
-enum Failure {
+pub(crate) enum Failure {
     /// The server answered with a refusal; the connection is still usable.
     #[error("refused: {0}")]
     Refused(String),
@@ -327,7 +327,7 @@ async fn publish(ws: &mut Ws, frame: &str, id: &str, timeout: Duration) -> Resul
 }
 
 /// `["REQ", subscription, filter]`, wait for `EOSE`, then `CLOSE`. The events received.
-async fn query(
+pub(crate) async fn query(
     ws: &mut Ws,
     subscription: &str,
     filter: &str,

@@ -11,14 +11,26 @@
 //!   `hypergate worker run` as children) and measures the worker directly, the gateway
 //!   forwarding to it, and the gateway in replica mode after the worker is SIGKILLed (EVENT
 //!   under a lease), over several fresh runs; it prints a markdown table of medians.
+//! - `hypergate bench suite` ([`suite`], run by `scripts/bench`) is issue 8's side-by-side run:
+//!   the Schnorr ceiling ([`schnorr`]), the loopback ceiling ([`echo`], served by the hidden
+//!   `hypergate bench echo`), the reference relay ([`servers`]), and per gateway build the
+//!   `bench gateway` phases, idle-connection memory ([`idle`]) and failover trials
+//!   ([`failover`]); [`report`] renders the tables and writes them into `docs/benchmarks.md`.
 //! - The pieces are public so that other gateways (another runtime, a reference relay) can be
 //!   loaded the same way: [`load::run`] takes any URL, and [`topology::TopologyOptions`] takes
 //!   extra `hypergate gateway` arguments.
 
+pub mod echo;
 pub mod events;
+pub mod failover;
 pub mod gateway;
+pub mod idle;
 pub mod load;
+pub mod report;
+pub mod schnorr;
+pub mod servers;
 pub mod stats;
+pub mod suite;
 pub mod topology;
 
 use std::path::PathBuf;
@@ -87,6 +99,63 @@ enum BenchCommand {
         #[command(flatten)]
         load: LoadArgs,
     },
+    /// Issue 8's side-by-side run: Schnorr ceiling, loopback ceiling, reference relay, and per
+    /// gateway build direct / forwarding / replica, idle memory and failover; prints markdown.
+    Suite(Box<SuiteArgs>),
+    /// The loopback-ceiling server: answers REQ with EOSE and EVENT with OK (for `suite`).
+    #[command(hide = true)]
+    Echo {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
+}
+
+/// `hypergate bench suite` arguments.
+#[derive(Debug, Args)]
+struct SuiteArgs {
+    /// Runs per throughput figure (medians are printed).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Events stored before REQ phases.
+    #[arg(long, default_value_t = 1_000)]
+    seed_events: usize,
+    /// Events signed per gateway or reference EVENT phase.
+    #[arg(long, default_value_t = 20_000)]
+    pool: usize,
+    /// The escrow's peer liveness timeout, in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    liveness_timeout: f64,
+    /// A gateway to measure, `NAME` (this binary) or `NAME=BINARY` (started as
+    /// `BINARY gateway …`); repeat for more. Default: `tokio`.
+    #[arg(long = "gateway")]
+    gateways: Vec<String>,
+    /// `NAME=ARG`: an extra argument for the gateway NAME; repeat for more.
+    #[arg(long = "gateway-arg", allow_hyphen_values = true)]
+    gateway_args: Vec<String>,
+    /// nostr-rs-relay's binary (`scripts/bench-reference-relay` builds it).
+    #[arg(long)]
+    reference_relay: Option<PathBuf>,
+    /// Idle-connection counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    idle: Vec<usize>,
+    /// Failover trials per gateway.
+    #[arg(long, default_value_t = 20)]
+    failover_trials: usize,
+    /// Events verified for the single-core Schnorr ceiling.
+    #[arg(long, default_value_t = 20_000)]
+    schnorr_events: usize,
+    /// Write the markdown into this file's marked block (e.g. docs/benchmarks.md).
+    #[arg(long)]
+    write_docs: Option<PathBuf>,
+    /// The heading of the written block.
+    #[arg(long, default_value = "## Side by side")]
+    heading: String,
+    /// The command quoted in the markdown (default: this process's arguments).
+    #[arg(long)]
+    command: Option<String>,
+    #[command(flatten)]
+    load: LoadArgs,
 }
 
 /// The load shape shared by every subcommand.
@@ -172,6 +241,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 pool,
                 topology: topology::TopologyOptions {
                     binary,
+                    gateway_binary: None,
                     gateway_args,
                     liveness_timeout: seconds("--liveness-timeout", liveness_timeout)?,
                     keep_dir,
@@ -179,6 +249,58 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             };
             gateway::run(&options, load.json).await?;
         }
+        BenchCommand::Suite(args) => run_suite(*args).await?,
+        BenchCommand::Echo { listen } => echo::serve(&listen).await?,
+    }
+    Ok(())
+}
+
+async fn run_suite(args: SuiteArgs) -> anyhow::Result<()> {
+    let binary = std::env::current_exe().context("locating this binary")?;
+    let specs = if args.gateways.is_empty() {
+        vec!["tokio".to_owned()]
+    } else {
+        args.gateways.clone()
+    };
+    let mut gateways = specs
+        .iter()
+        .map(|spec| suite::GatewaySpec::parse(spec))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    suite::GatewaySpec::attach_args(&mut gateways, &args.gateway_args)?;
+    let options = suite::SuiteOptions {
+        runs: args.runs.max(1),
+        load: args.load.config(String::new(), None)?,
+        seed_events: args.seed_events,
+        pool: args.pool,
+        gateways,
+        binary,
+        reference_relay: args.reference_relay.clone(),
+        idle_counts: args.idle.clone(),
+        failover_trials: args.failover_trials,
+        liveness_timeout: seconds("--liveness-timeout", args.liveness_timeout)?,
+        schnorr_events: args.schnorr_events,
+    };
+    let results = suite::run(&options).await?;
+    if args.load.json {
+        println!("{}", serde_json::to_string(&results)?);
+    }
+    let command = args
+        .command
+        .clone()
+        .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
+    let markdown = report::markdown(&options, &results, &command);
+    if !args.load.json {
+        print!("{markdown}");
+    }
+    if let Some(path) = &args.write_docs {
+        let document =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        std::fs::write(
+            path,
+            report::write_block(&document, &args.heading, &markdown),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("bench suite: wrote the tables into {}", path.display());
     }
     Ok(())
 }

@@ -35,8 +35,11 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// How to build the topology.
 #[derive(Debug, Clone)]
 pub struct TopologyOptions {
-    /// The `hypergate` binary to run the gateway and worker with.
+    /// The `hypergate` binary to run the worker (and, by default, the gateway) with.
     pub binary: PathBuf,
+    /// Another binary for the gateway (another runtime's build); it is started as
+    /// `<binary> gateway <the tokio gateway's flags> <gateway_args>`. `None`: [`Self::binary`].
+    pub gateway_binary: Option<PathBuf>,
     /// Extra arguments for `hypergate gateway` (e.g. another runtime).
     pub gateway_args: Vec<String>,
     /// The escrow's peer liveness timeout.
@@ -115,7 +118,7 @@ impl Topology {
             escrow.local_addr().port()
         );
 
-        let mut gateway = Command::new(&options.binary);
+        let mut gateway = Command::new(options.gateway_binary.as_ref().unwrap_or(&options.binary));
         gateway
             .arg("gateway")
             .arg("--data-dir")
@@ -237,6 +240,19 @@ impl Topology {
         .await
     }
 
+    /// The gateway process's id (for `/proc/<pid>/status`).
+    #[must_use]
+    pub fn gateway_pid(&self) -> u32 {
+        self.gateway.pid()
+    }
+
+    /// The gateway's `/metrics` text (OpenMetrics); empty on any failure.
+    pub async fn gateway_metrics(&self) -> String {
+        http_get_text(self.gateway_addr, "/metrics")
+            .await
+            .unwrap_or_default()
+    }
+
     /// SIGKILLs the worker and waits for it to be gone.
     pub fn kill_worker(&mut self) {
         self.worker = None;
@@ -263,7 +279,7 @@ impl Topology {
 }
 
 /// A child of this binary; SIGKILLed and reaped when dropped.
-struct ChildProcess {
+pub(crate) struct ChildProcess {
     name: &'static str,
     child: Child,
     lines: mpsc::UnboundedReceiver<String>,
@@ -271,7 +287,11 @@ struct ChildProcess {
 }
 
 impl ChildProcess {
-    fn spawn(name: &'static str, mut command: Command, dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(
+        name: &'static str,
+        mut command: Command,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
         let log = dir.join(format!("{name}.log"));
         let stderr =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -298,7 +318,7 @@ impl ChildProcess {
     }
 
     /// The rest of the first stdout line containing `marker`, after it.
-    async fn line_after(&mut self, marker: &str) -> anyhow::Result<String> {
+    pub(crate) async fn line_after(&mut self, marker: &str) -> anyhow::Result<String> {
         loop {
             let line = tokio::time::timeout(PATIENCE, self.lines.recv()).await;
             match line {
@@ -319,6 +339,11 @@ impl ChildProcess {
                 ),
             }
         }
+    }
+
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn stop(&mut self) {
@@ -361,6 +386,14 @@ pub(crate) async fn poll(limit: Duration, mut check: impl AsyncFnMut() -> bool) 
 
 /// `GET http://addr/path` as JSON; `Value::Null` on any failure (callers poll).
 async fn http_get_json(addr: SocketAddr, path: &str) -> Value {
+    http_get_text(addr, path)
+        .await
+        .and_then(|body| serde_json::from_str(&body).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// `GET http://addr/path`, the body as text; `None` on any failure or after 10 s.
+async fn http_get_text(addr: SocketAddr, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let fetch = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
@@ -370,11 +403,10 @@ async fn http_get_json(addr: SocketAddr, path: &str) -> Value {
         stream.read_to_end(&mut response).await.ok()?;
         let text = String::from_utf8_lossy(&response).into_owned();
         let (_, body) = text.split_once("\r\n\r\n")?;
-        serde_json::from_str(body).ok()
+        Some(body.to_owned())
     };
     tokio::time::timeout(Duration::from_secs(10), fetch)
         .await
         .ok()
         .flatten()
-        .unwrap_or(Value::Null)
 }
