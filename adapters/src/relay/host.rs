@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use hypergate_core::ids::RelayKey;
-use hypergate_core::nostr::{Event, Filter, SubscriptionId};
+use hypergate_core::nostr::{Event, EventId, Filter, SubscriptionId};
 use hypergate_core::relay::WriterKey;
 use hypergate_core::session::{Effect, PublishOutcome, Session, SessionError};
 
@@ -427,27 +427,72 @@ impl<S: RelayStore> RelayHost<S> {
         event: Event,
         failures: &mut Vec<StoreError<S>>,
     ) -> PublishOutcome {
-        if event.kind.is_ephemeral() {
-            let _ = self.relay.broadcast(std::slice::from_ref(&event));
-            return PublishOutcome::Accepted;
+        let (mut outcomes, batch_failures) = self.store_batch(writer, vec![event]).await;
+        failures.extend(batch_failures);
+        outcomes
+            .pop()
+            .unwrap_or_else(|| PublishOutcome::Rejected("error: nothing was stored".to_owned()))
+    }
+
+    /// Stores verified events of any sessions in `writer`'s log with **one** append (group
+    /// commit): one outcome per event, in order, all decided once that append is durable.
+    /// Ephemeral events are broadcast; an event the relay already holds, or one earlier in
+    /// the batch, is a duplicate; if the append fails, every stored one is refused with
+    /// `error:` and nothing of the batch is acknowledged. Answer each session with
+    /// [`Self::answer_publish_outcome`].
+    pub async fn store_batch(
+        &mut self,
+        writer: WriterKey,
+        events: Vec<Event>,
+    ) -> (Vec<PublishOutcome>, Vec<StoreError<S>>) {
+        let mut failures = Vec::new();
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut to_store: Vec<Event> = Vec::new();
+        let mut stored_at = Vec::new();
+        for (at, event) in events.into_iter().enumerate() {
+            if event.kind.is_ephemeral() {
+                let _ = self.relay.broadcast(std::slice::from_ref(&event));
+                outcomes.push(PublishOutcome::Accepted);
+            } else if self.relay.reader().view().get(&event.id).is_some()
+                || to_store.iter().any(|queued| queued.id == event.id)
+            {
+                outcomes.push(PublishOutcome::Duplicate);
+            } else {
+                outcomes.push(PublishOutcome::Accepted);
+                stored_at.push(at);
+                to_store.push(event);
+            }
         }
-        if self.relay.reader().view().get(&event.id).is_some() {
-            return PublishOutcome::Duplicate;
+        if to_store.is_empty() {
+            return (outcomes, failures);
         }
-        if let Err(error) = self
-            .store
-            .append_events(&writer, std::slice::from_ref(&event))
-            .await
-        {
+        if let Err(error) = self.store.append_events(&writer, &to_store).await {
             failures.push(HostError::Write(error));
-            return PublishOutcome::Rejected("error: the event could not be stored".to_owned());
+            for at in stored_at {
+                outcomes[at] =
+                    PublishOutcome::Rejected("error: the event could not be stored".to_owned());
+            }
+            return (outcomes, failures);
         }
-        // The event is durable: the client is told so even if the index lags behind (the next
-        // refresh catches it up from the logs).
+        // The events are durable: the clients are told so even if the index lags behind (the
+        // next refresh catches it up from the logs).
         if let Err(error) = self.refresh().await {
             failures.push(error);
         }
-        PublishOutcome::Accepted
+        (outcomes, failures)
+    }
+
+    /// Answers `conn`'s `EVENT` `id` with an outcome [`Self::store_batch`] decided.
+    pub fn answer_publish_outcome(
+        &mut self,
+        conn: &mut HostedSession,
+        id: EventId,
+        outcome: PublishOutcome,
+    ) -> Vec<StoreError<S>> {
+        match conn.session.handle_publish_result(id, outcome) {
+            Ok(()) => Vec::new(),
+            Err(error) => vec![HostError::Session(error)],
+        }
     }
 }
 

@@ -796,17 +796,24 @@ impl Client {
             .await
             .get(&relay)
             .map(|leased| leased.writer.writer_key());
-        let writer = writer
-            .ok_or_else(|| PublishOutcome::ReadOnly("the lease ended before the write".to_owned()));
-        let failures = replica
-            .host
-            .lock()
-            .await
-            .answer_publish(&mut replica.conn, event, writer.clone())
-            .await;
-        let appended = writer.is_ok() && failures.is_empty();
+        let id = event.id;
+        let outcome = match writer {
+            // Stored with the relay's other waiting writes: one append, one set of syncs.
+            Some(writer) => self.shared.replicas.store_write(relay, event, writer).await,
+            None => PublishOutcome::ReadOnly("the lease ended before the write".to_owned()),
+        };
+        let appended = matches!(
+            outcome,
+            PublishOutcome::Accepted | PublishOutcome::Duplicate
+        );
+        let failures =
+            replica
+                .host
+                .lock()
+                .await
+                .answer_publish_outcome(&mut replica.conn, id, outcome);
         for failure in &failures {
-            tracing::warn!(%failure, "gateway write failed");
+            tracing::warn!(%failure, "answering a gateway write failed");
         }
         if appended {
             self.shared

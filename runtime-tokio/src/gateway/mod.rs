@@ -30,6 +30,7 @@ mod operator;
 mod replica;
 mod state;
 mod tokens;
+mod write_batch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

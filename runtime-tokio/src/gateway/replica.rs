@@ -23,7 +23,10 @@ use hypergate_core::ids::RelayKey;
 use hypergate_core::lease::LeaseId;
 use hypergate_core::nostr::Event;
 use hypergate_core::relay::{RelayOp, WriterKey};
+use hypergate_core::session::PublishOutcome;
 use tokio::sync::Mutex;
+
+use super::write_batch::WriteBatcher;
 
 /// Live messages a replica subscription may queue before it is dropped (`CLOSED`).
 const LIVE_QUEUE: usize = 1024;
@@ -124,6 +127,8 @@ pub(crate) struct ReplicaHosts {
     mirror: Arc<Mutex<MirrorStore>>,
     writers: LeasedWriters,
     hosts: Mutex<BTreeMap<RelayKey, Arc<Mutex<ReplicaHost>>>>,
+    /// Each open host's write batcher (group commit).
+    batchers: Mutex<BTreeMap<RelayKey, Arc<WriteBatcher>>>,
 }
 
 impl ReplicaHosts {
@@ -137,6 +142,7 @@ impl ReplicaHosts {
             mirror,
             writers,
             hosts: Mutex::new(BTreeMap::new()),
+            batchers: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -165,6 +171,36 @@ impl ReplicaHosts {
         let host = Arc::new(Mutex::new(host));
         hosts.insert(relay, Arc::clone(&host));
         Ok(host)
+    }
+
+    /// Stores a leased write of `relay` in `writer`'s log, batched with the relay's other
+    /// waiting writes; its outcome once durable (see [`super::write_batch`]).
+    pub(crate) async fn store_write(
+        &self,
+        relay: RelayKey,
+        event: Event,
+        writer: WriterKey,
+    ) -> PublishOutcome {
+        let batcher = {
+            let existing = self.batchers.lock().await.get(&relay).cloned();
+            match existing {
+                Some(batcher) => batcher,
+                None => match self.host(relay).await {
+                    Ok(host) => {
+                        let mut batchers = self.batchers.lock().await;
+                        Arc::clone(
+                            batchers
+                                .entry(relay)
+                                .or_insert_with(|| Arc::new(WriteBatcher::spawn(host))),
+                        )
+                    }
+                    Err(error) => {
+                        return PublishOutcome::Rejected(format!("error: {error}"));
+                    }
+                },
+            }
+        };
+        batcher.store(event, writer).await
     }
 
     /// Catches `relay`'s host up with the mirror, if it is open.

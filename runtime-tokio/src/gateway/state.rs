@@ -87,6 +87,9 @@ pub(crate) struct CoreState {
     /// Writes waiting for a lease request's answer.
     pub(crate) waiting_writes: BTreeMap<WriteId, oneshot::Sender<WriteDecision>>,
     next_write: u64,
+    /// Inputs fed to the core so far ([`Shared::with_core`] calls): a snapshot read when this
+    /// is `n` covers every change of the first `n`.
+    inputs: u64,
 }
 
 /// The gateway's shared state. See the module docs.
@@ -109,8 +112,9 @@ pub(crate) struct Shared {
     pub(crate) timer: Notify,
     /// Where the registry snapshot is persisted.
     pub(crate) snapshot_path: PathBuf,
-    /// Serialises snapshot writes, so a later snapshot is never overwritten by an earlier one.
-    persist_lock: tokio::sync::Mutex<()>,
+    /// Serialises snapshot writes, so a later snapshot is never overwritten by an earlier one;
+    /// holds how many core inputs the last durable snapshot covers (group commit, D118).
+    persist_lock: tokio::sync::Mutex<u64>,
     /// Wakes the persister after the registry changed.
     pub(crate) registry_changed: Notify,
 }
@@ -140,6 +144,7 @@ impl Shared {
                 sessions: BTreeMap::new(),
                 waiting_writes: BTreeMap::new(),
                 next_write: 1,
+                inputs: 0,
             }),
             identity,
             clock: SystemClock,
@@ -153,7 +158,7 @@ impl Shared {
             tokens,
             timer: Notify::new(),
             snapshot_path,
-            persist_lock: tokio::sync::Mutex::new(()),
+            persist_lock: tokio::sync::Mutex::new(0),
             registry_changed: Notify::new(),
         })
     }
@@ -185,6 +190,7 @@ impl Shared {
     ) -> R {
         let now = self.clock.now();
         let mut state = self.lock();
+        state.inputs += 1;
         let result = input(&mut state, now);
         self.drain(&mut state, now);
         drop(state);
@@ -195,15 +201,26 @@ impl Shared {
     /// Writes the registry snapshot (relays, workers, pending writes, lease epochs) and syncs
     /// it: callers that report a gateway write as accepted call this first, so a crash never
     /// forgets a pending write. Atomic: a temp file, fsync, rename, fsync of the directory.
+    ///
+    /// Group commit: a snapshot read after every core input this caller made covers them, so
+    /// a caller that finds such a snapshot already durable (another writer's, taken while it
+    /// waited for the lock) returns at once. Concurrent writers then share one snapshot write
+    /// instead of queueing one each.
     pub(crate) async fn persist_registry(&self) -> std::io::Result<()> {
-        let _order = self.persist_lock.lock().await;
-        let bytes = self
-            .read_core(|state| state.core.registry().snapshot_bytes())
-            .map_err(std::io::Error::other)?;
+        let wanted = self.read_core(|state| state.inputs);
+        let mut durable = self.persist_lock.lock().await;
+        if *durable >= wanted {
+            return Ok(());
+        }
+        let (bytes, covers) =
+            self.read_core(|state| (state.core.registry().snapshot_bytes(), state.inputs));
+        let bytes = bytes.map_err(std::io::Error::other)?;
         let path = self.snapshot_path.clone();
         tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
             .await
-            .map_err(std::io::Error::other)?
+            .map_err(std::io::Error::other)??;
+        *durable = covers;
+        Ok(())
     }
 
     /// Reads the core without feeding it.

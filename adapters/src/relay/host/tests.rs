@@ -261,3 +261,60 @@ fn live_messages_of_a_replaced_subscription_are_ignored() {
         assert!(frames(&mut c).is_empty());
     });
 }
+
+#[test]
+fn a_batch_from_several_sessions_is_stored_by_one_append_and_each_gets_its_outcome() {
+    smol::block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut host, writer) = host_in(tmp.path(), true).await;
+        let mut earlier = conn();
+        let held = signed_event(9, 100, 1, Vec::new(), "already held");
+        let _ = send(&mut host, &mut earlier, &publish_text(&held)).await;
+        let log_before = host.store_mut().writer_log(&writer).await.unwrap().len();
+
+        let first = signed_event(9, 101, 1, Vec::new(), "first");
+        let second = signed_event(10, 102, 1, Vec::new(), "second");
+        let ephemeral = signed_event(9, 103, 20_001, Vec::new(), "passing through");
+        let batch = vec![
+            first.clone(),
+            held.clone(),
+            second.clone(),
+            first.clone(),
+            ephemeral,
+        ];
+        let (outcomes, failures) = host.store_batch(writer, batch).await;
+        assert!(failures.is_empty(), "{failures:?}");
+        assert_eq!(
+            outcomes,
+            [
+                PublishOutcome::Accepted,
+                PublishOutcome::Duplicate,
+                PublishOutcome::Accepted,
+                PublishOutcome::Duplicate,
+                PublishOutcome::Accepted,
+            ]
+        );
+        // Two new events, one append of two blocks; both served at once.
+        let log_after = host.store_mut().writer_log(&writer).await.unwrap().len();
+        assert_eq!(log_after, log_before + 2);
+        let stored = host
+            .query(&[Filter::parse_json(r#"{"kinds":[1]}"#).unwrap()])
+            .unwrap();
+        assert_eq!(stored.events.len(), 3);
+
+        // The gateway's flow: a session's publish is deferred, stored in a batch, answered.
+        let third = signed_event(11, 104, 1, Vec::new(), "third");
+        let mut client = conn();
+        client
+            .session_mut()
+            .handle_client_text(&publish_text(&third), now());
+        let (driven, deferred) = host.drive_deferring_publishes(&mut client).await;
+        assert!(driven.failures.is_empty());
+        assert_eq!(deferred, vec![third.clone()]);
+        let (outcomes, failures) = host.store_batch(writer, deferred).await;
+        assert!(failures.is_empty());
+        let failures = host.answer_publish_outcome(&mut client, third.id, outcomes[0].clone());
+        assert!(failures.is_empty());
+        assert_eq!(frames(&mut client), vec![ok_true(&third)]);
+    });
+}
