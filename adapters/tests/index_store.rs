@@ -347,3 +347,19 @@ fn apply_is_all_or_nothing_when_the_process_is_killed() {
         eprintln!("killed after {kill_after_ms} ms: {count} events in whole batches");
     }
 }
+
+#[test]
+fn a_scratch_index_skipping_fsyncs_serves_every_commit_across_its_durable_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut index = RelayIndex::open_scratch(dir.path().join("scratch.redb")).unwrap();
+    let count = hypergate_adapters::index::SCRATCH_SYNC_EVERY * 3 + 5;
+    let events: Vec<Event> = (0..count).map(|n| event(n, u64::from(n))).collect();
+    for (n, one) in events.iter().enumerate() {
+        index.apply(&inserts(std::slice::from_ref(one))).unwrap();
+        assert_eq!(index.len().unwrap(), n as u64 + 1);
+    }
+    index.apply(&[IndexChange::Remove(events[0].id)]).unwrap();
+    assert_eq!(index.get(&events[0].id).unwrap(), None);
+    assert_eq!(index.get(&events[1].id).unwrap(), Some(events[1].clone()));
+    assert_eq!(index.len().unwrap(), u64::from(count) - 1);
+}

@@ -59,7 +59,7 @@ mod store;
 
 pub use live::{DropReason, LiveFeed, LiveMessage, LiveReceiver, Published, SubscriberId};
 pub use query::{QueryLimits, QueryResult};
-pub use store::{FORMAT_VERSION, IndexChange, RelayIndex};
+pub use store::{FORMAT_VERSION, IndexChange, RelayIndex, SCRATCH_SYNC_EVERY};
 
 /// Why an index operation failed.
 #[derive(Debug, thiserror::Error)]

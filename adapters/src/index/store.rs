@@ -1,14 +1,20 @@
 //! [`RelayIndex`]: the redb file, its tables, and the write path.
 //!
-//! Every [`RelayIndex::apply`] is one redb write transaction committed with redb's default
-//! (immediate, fsync'd) durability, so a batch of view changes is on disk as a whole or not at
-//! all. Reads open their own read transaction and see the last committed batch.
+//! Every [`RelayIndex::apply`] is one redb write transaction, so a batch of view changes is
+//! applied as a whole or not at all. An index opened with [`RelayIndex::open`] commits with
+//! redb's immediate (fsync'd) durability. A *scratch* index ([`RelayIndex::open_scratch`]: one
+//! rebuilt from the logs at every start, as [`crate::relay::IndexedRelay`] does) skips the
+//! fsync on all but every [`SCRATCH_SYNC_EVERY`]th commit, which lets redb reuse freed pages:
+//! a crash may lose its last commits, and the next start rebuilds it anyway. Reads open their
+//! own read transaction and see the last committed batch.
 
 use std::fmt;
 use std::path::Path;
 
 use hypergate_core::nostr::{Event, EventId};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 
 use super::keys::{EventKeys, Secondary};
 use super::{IndexError, codec, storage};
@@ -41,7 +47,13 @@ pub enum IndexChange {
 /// changes through `&mut self`.
 pub struct RelayIndex {
     db: Database,
+    /// Commits left before the next durable one; `None` for an index whose every commit is
+    /// durable.
+    scratch_commits_left: Option<u32>,
 }
+
+/// A scratch index fsyncs one commit in this many (see the module docs).
+pub const SCRATCH_SYNC_EVERY: u32 = 64;
 
 impl fmt::Debug for RelayIndex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -55,6 +67,16 @@ impl RelayIndex {
     /// Fails with [`IndexError::UnsupportedFormat`] for an index of another format version and
     /// with [`IndexError::Storage`] for a file that is not a redb database or is already open.
     pub fn open(path: impl AsRef<Path>) -> Result<RelayIndex, IndexError> {
+        Self::open_with(path.as_ref(), None)
+    }
+
+    /// Like [`Self::open`], for an index the caller rebuilds from the logs at every start:
+    /// its commits skip the fsync (see the module docs).
+    pub fn open_scratch(path: impl AsRef<Path>) -> Result<RelayIndex, IndexError> {
+        Self::open_with(path.as_ref(), Some(SCRATCH_SYNC_EVERY))
+    }
+
+    fn open_with(path: &Path, scratch_commits_left: Option<u32>) -> Result<RelayIndex, IndexError> {
         let db = Database::create(path).map_err(storage("opening the index file"))?;
         let tx = db
             .begin_write()
@@ -91,7 +113,10 @@ impl RelayIndex {
         }
         tx.commit()
             .map_err(storage("committing the open transaction"))?;
-        Ok(RelayIndex { db })
+        Ok(RelayIndex {
+            db,
+            scratch_commits_left,
+        })
     }
 
     /// Applies `changes` in order, in one durable transaction: all of them or (on error or
@@ -100,10 +125,19 @@ impl RelayIndex {
         if changes.is_empty() {
             return Ok(());
         }
-        let tx = self
+        let mut tx = self
             .db
             .begin_write()
             .map_err(storage("starting a write transaction"))?;
+        if let Some(left) = &mut self.scratch_commits_left {
+            if *left == 0 {
+                *left = SCRATCH_SYNC_EVERY;
+            } else {
+                *left -= 1;
+                tx.set_durability(Durability::None)
+                    .map_err(storage("skipping the fsync of a scratch commit"))?;
+            }
+        }
         {
             let mut tables = WriteTables::open(&tx)?;
             for change in changes {

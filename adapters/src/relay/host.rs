@@ -130,6 +130,39 @@ impl<R, W> From<IndexedRelayError<R>> for HostError<R, W> {
 /// The [`HostError`] of a store type.
 pub type StoreError<S> = HostError<<S as BlockSource>::Error, <S as RelayStore>::WriteError>;
 
+/// What a batch of gateway writes needs ([`RelayHost::plan_batch`]).
+#[derive(Debug)]
+#[must_use]
+pub struct BatchPlan {
+    outcomes: Vec<PublishOutcome>,
+    to_store: Vec<Event>,
+    stored_at: Vec<usize>,
+}
+
+impl BatchPlan {
+    /// The events to append, in order (one append for all of them).
+    #[must_use]
+    pub fn to_store(&self) -> &[Event] {
+        &self.to_store
+    }
+
+    /// The append failed: every event that was to be stored is refused with `error:`.
+    pub fn append_failed(&mut self) {
+        for &at in &self.stored_at {
+            if let Some(outcome) = self.outcomes.get_mut(at) {
+                *outcome =
+                    PublishOutcome::Rejected("error: the event could not be stored".to_owned());
+            }
+        }
+    }
+
+    /// One outcome per event of the batch, in order.
+    #[must_use]
+    pub fn into_outcomes(self) -> Vec<PublishOutcome> {
+        self.outcomes
+    }
+}
+
 /// How a host answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostConfig {
@@ -436,50 +469,57 @@ impl<S: RelayStore> RelayHost<S> {
 
     /// Stores verified events of any sessions in `writer`'s log with **one** append (group
     /// commit): one outcome per event, in order, all decided once that append is durable.
-    /// Ephemeral events are broadcast; an event the relay already holds, or one earlier in
-    /// the batch, is a duplicate; if the append fails, every stored one is refused with
-    /// `error:` and nothing of the batch is acknowledged. Answer each session with
-    /// [`Self::answer_publish_outcome`].
+    /// [`Self::plan_batch`], the append, then a refresh; answer each session with
+    /// [`Self::answer_publish_outcome`]. A caller that must not hold the host during the
+    /// append (other sessions need it meanwhile) runs those three steps itself.
     pub async fn store_batch(
         &mut self,
         writer: WriterKey,
         events: Vec<Event>,
     ) -> (Vec<PublishOutcome>, Vec<StoreError<S>>) {
         let mut failures = Vec::new();
-        let mut outcomes = Vec::with_capacity(events.len());
-        let mut to_store: Vec<Event> = Vec::new();
-        let mut stored_at = Vec::new();
-        for (at, event) in events.into_iter().enumerate() {
-            if event.kind.is_ephemeral() {
-                let _ = self.relay.broadcast(std::slice::from_ref(&event));
-                outcomes.push(PublishOutcome::Accepted);
-            } else if self.relay.reader().view().get(&event.id).is_some()
-                || to_store.iter().any(|queued| queued.id == event.id)
-            {
-                outcomes.push(PublishOutcome::Duplicate);
-            } else {
-                outcomes.push(PublishOutcome::Accepted);
-                stored_at.push(at);
-                to_store.push(event);
-            }
+        let mut plan = self.plan_batch(events);
+        if plan.to_store().is_empty() {
+            return (plan.into_outcomes(), failures);
         }
-        if to_store.is_empty() {
-            return (outcomes, failures);
-        }
-        if let Err(error) = self.store.append_events(&writer, &to_store).await {
+        if let Err(error) = self.store.append_events(&writer, plan.to_store()).await {
             failures.push(HostError::Write(error));
-            for at in stored_at {
-                outcomes[at] =
-                    PublishOutcome::Rejected("error: the event could not be stored".to_owned());
-            }
-            return (outcomes, failures);
+            plan.append_failed();
+            return (plan.into_outcomes(), failures);
         }
         // The events are durable: the clients are told so even if the index lags behind (the
         // next refresh catches it up from the logs).
         if let Err(error) = self.refresh().await {
             failures.push(error);
         }
-        (outcomes, failures)
+        (plan.into_outcomes(), failures)
+    }
+
+    /// Decides what a batch of verified events needs: ephemeral ones are broadcast now; one
+    /// the relay already holds, or one earlier in the batch, is a duplicate; the rest are to
+    /// be appended ([`BatchPlan::to_store`]). Their `Accepted` outcome holds only once that
+    /// append is durable; after a failed append call [`BatchPlan::append_failed`].
+    pub fn plan_batch(&mut self, events: Vec<Event>) -> BatchPlan {
+        let mut plan = BatchPlan {
+            outcomes: Vec::with_capacity(events.len()),
+            to_store: Vec::new(),
+            stored_at: Vec::new(),
+        };
+        for (at, event) in events.into_iter().enumerate() {
+            if event.kind.is_ephemeral() {
+                let _ = self.relay.broadcast(std::slice::from_ref(&event));
+                plan.outcomes.push(PublishOutcome::Accepted);
+            } else if self.relay.reader().view().get(&event.id).is_some()
+                || plan.to_store.iter().any(|queued| queued.id == event.id)
+            {
+                plan.outcomes.push(PublishOutcome::Duplicate);
+            } else {
+                plan.outcomes.push(PublishOutcome::Accepted);
+                plan.stored_at.push(at);
+                plan.to_store.push(event);
+            }
+        }
+        plan
     }
 
     /// Answers `conn`'s `EVENT` `id` with an outcome [`Self::store_batch`] decided.

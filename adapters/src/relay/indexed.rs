@@ -83,7 +83,8 @@ impl IndexedRelay {
         }
         Ok(IndexedRelay {
             reader: RelayReader::new(relay),
-            index: RelayIndex::open(index_path)?,
+            // Rebuilt from the logs at every start: its commits need no fsync.
+            index: RelayIndex::open_scratch(index_path)?,
             feed: LiveFeed::new(live_queue),
         })
     }

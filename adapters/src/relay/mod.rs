@@ -34,8 +34,8 @@ mod reader;
 mod replicas;
 
 pub use host::{
-    Driven, HostConfig, HostError, HostedSession, LiveStarted, ReadOnlySource, ReadOnlyStore,
-    RelayHost, RelayStore, StoreError,
+    BatchPlan, Driven, HostConfig, HostError, HostedSession, LiveStarted, ReadOnlySource,
+    ReadOnlyStore, RelayHost, RelayStore, StoreError,
 };
 pub use indexed::{IndexedRelay, IndexedRelayError, Refreshed};
 pub use local::{RelayLogs, RelayLogsError};

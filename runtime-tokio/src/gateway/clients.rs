@@ -33,12 +33,9 @@ use hypergate_core::nostr::{
     ClientMessage, Event, PublicKey, RelayMessage, SignatureVerifier, SubscriptionId,
     check_auth_event,
 };
-use hypergate_core::registry::PendingMark;
 use hypergate_core::router::{SessionId, SessionKind};
 use hypergate_core::session::{DeliveredLog, FrameBudget, PublishOutcome, Session, SessionConfig};
-use hypergate_core::wire::{
-    BoundedString, Frame, MAX_NOSTR_FRAME_BYTES, Message, NostrFrame, PendingType,
-};
+use hypergate_core::wire::{BoundedString, Frame, MAX_NOSTR_FRAME_BYTES, Message, NostrFrame};
 use rand_core::{OsRng, TryRngCore};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -47,6 +44,7 @@ use super::http::Access;
 use super::metrics::RATE_LIMIT;
 use super::replica::ReplicaHost;
 use super::state::{Forwarded, SessionSignal, Shared, WriteDecision};
+use super::write_batch::StoredWrite;
 
 /// Client frames held while the session is being routed.
 const HELD_FRAMES: usize = 256;
@@ -797,50 +795,40 @@ impl Client {
             .get(&relay)
             .map(|leased| leased.writer.writer_key());
         let id = event.id;
-        let outcome = match writer {
-            // Stored with the relay's other waiting writes: one append, one set of syncs.
-            Some(writer) => self.shared.replicas.store_write(relay, event, writer).await,
-            None => PublishOutcome::ReadOnly("the lease ended before the write".to_owned()),
+        let stored = match writer {
+            // Stored with the relay's other waiting writes: one append, one set of syncs, and
+            // the pending mark on disk (one registry snapshot per batch) before the answer.
+            Some(writer) => {
+                self.shared
+                    .replicas
+                    .store_write(&self.shared, relay, event, writer, epoch)
+                    .await
+            }
+            None => StoredWrite {
+                outcome: PublishOutcome::ReadOnly("the lease ended before the write".to_owned()),
+                reported: false,
+            },
         };
-        let appended = matches!(
-            outcome,
+        let accepted = matches!(
+            stored.outcome,
             PublishOutcome::Accepted | PublishOutcome::Duplicate
         );
+        self.shared
+            .metrics
+            .fallback_write_for(&relay.to_hex(), if accepted { "accepted" } else { "error" });
+        if !stored.reported {
+            // Not marked pending: the core's append in flight ends as failed.
+            self.shared
+                .with_core(|state, now| state.core.handle_write_failed(relay, now));
+        }
         let failures =
             replica
                 .host
                 .lock()
                 .await
-                .answer_publish_outcome(&mut replica.conn, id, outcome);
+                .answer_publish_outcome(&mut replica.conn, id, stored.outcome);
         for failure in &failures {
             tracing::warn!(%failure, "answering a gateway write failed");
-        }
-        if appended {
-            self.shared
-                .metrics
-                .fallback_write_for(&relay.to_hex(), "accepted");
-            let mark = PendingMark {
-                kind: PendingType::Event,
-                reason: Some("replica-write".into()),
-                drive_identifier: None,
-                drive_version: None,
-                lease_version: None,
-            };
-            self.shared.with_core(|state, now| {
-                if let Err(error) = state.core.handle_write_appended(relay, epoch, mark, now) {
-                    tracing::warn!(%error, "pending mark failed");
-                }
-            });
-            // The pending mark is on disk before the client hears `OK true`.
-            if let Err(error) = self.shared.persist_registry().await {
-                tracing::error!(%error, "the registry snapshot could not be written");
-            }
-        } else {
-            self.shared
-                .metrics
-                .fallback_write_for(&relay.to_hex(), "error");
-            self.shared
-                .with_core(|state, now| state.core.handle_write_failed(relay, now));
         }
         self.flush_replica()
     }

@@ -26,7 +26,8 @@ use hypergate_core::relay::{RelayOp, WriterKey};
 use hypergate_core::session::PublishOutcome;
 use tokio::sync::Mutex;
 
-use super::write_batch::WriteBatcher;
+use super::state::Shared;
+use super::write_batch::{StoredWrite, WriteBatcher};
 
 /// Live messages a replica subscription may queue before it is dropped (`CLOSED`).
 const LIVE_QUEUE: usize = 1024;
@@ -177,30 +178,45 @@ impl ReplicaHosts {
     /// waiting writes; its outcome once durable (see [`super::write_batch`]).
     pub(crate) async fn store_write(
         &self,
+        shared: &Arc<Shared>,
         relay: RelayKey,
         event: Event,
         writer: WriterKey,
-    ) -> PublishOutcome {
+        epoch: u64,
+    ) -> StoredWrite {
         let batcher = {
             let existing = self.batchers.lock().await.get(&relay).cloned();
             match existing {
                 Some(batcher) => batcher,
                 None => match self.host(relay).await {
                     Ok(host) => {
+                        // The batcher appends through its own handle on the mirror, so that the
+                        // host stays free for other sessions during the append's syncs.
+                        let source = MirrorSource {
+                            relay,
+                            mirror: Arc::clone(&self.mirror),
+                            writers: Arc::clone(&self.writers),
+                        };
                         let mut batchers = self.batchers.lock().await;
-                        Arc::clone(
-                            batchers
-                                .entry(relay)
-                                .or_insert_with(|| Arc::new(WriteBatcher::spawn(host))),
-                        )
+                        Arc::clone(batchers.entry(relay).or_insert_with(|| {
+                            Arc::new(WriteBatcher::spawn(
+                                Arc::downgrade(shared),
+                                relay,
+                                host,
+                                source,
+                            ))
+                        }))
                     }
                     Err(error) => {
-                        return PublishOutcome::Rejected(format!("error: {error}"));
+                        return StoredWrite {
+                            outcome: PublishOutcome::Rejected(format!("error: {error}")),
+                            reported: false,
+                        };
                     }
                 },
             }
         };
-        batcher.store(event, writer).await
+        batcher.store(event, writer, epoch).await
     }
 
     /// Catches `relay`'s host up with the mirror, if it is open.
