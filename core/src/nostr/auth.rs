@@ -8,8 +8,12 @@
 //! challenge, its `relay` tag names the same host and path (scheme, case of the host and a
 //! trailing `/` are ignored: a gateway behind a TLS proxy sees `ws://` where the client wrote
 //! `wss://`), and its `created_at` is within [`MAX_AUTH_SKEW_SECS`] of now.
+//!
+//! [`AuthGate`] is one connection's side of it: it answers `AUTH` frames and, until the client
+//! authenticated, refuses every other frame with `auth-required:` (`OK false` for an `EVENT`,
+//! `CLOSED` for a `REQ`, nothing for a `CLOSE`), executing nothing.
 
-use super::{Event, EventError, PublicKey, SignatureVerifier};
+use super::{ClientMessage, Event, EventError, Limits, PublicKey, RelayMessage, SignatureVerifier};
 use crate::time::UnixTime;
 
 /// The kind of a NIP-42 authentication event.
@@ -93,6 +97,107 @@ fn normalise(url: &str) -> String {
     )
 }
 
+/// What [`AuthGate::screen`] makes of a client frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Screened {
+    /// The client is authenticated: the frame goes on to the relay.
+    Pass,
+    /// The frame was an answer to the challenge, or is refused: send this, nothing else.
+    Answer(RelayMessage),
+    /// Refused without a reply (a `CLOSE`).
+    Drop,
+}
+
+/// NIP-42 for one connection to a relay that requires authentication (see the module docs).
+#[derive(Debug, Clone)]
+pub struct AuthGate {
+    challenge: String,
+    relay_url: String,
+    authenticated: Option<PublicKey>,
+}
+
+/// The refusal every frame gets before the client authenticated.
+pub const AUTH_REQUIRED: &str = "auth-required: this relay requires authentication (NIP-42)";
+
+impl AuthGate {
+    /// A gate for a connection to `relay_url` that sent `challenge` (fresh per connection:
+    /// the caller draws it from its own randomness).
+    #[must_use]
+    pub fn new(challenge: String, relay_url: String) -> AuthGate {
+        AuthGate {
+            challenge,
+            relay_url,
+            authenticated: None,
+        }
+    }
+
+    /// The challenge to send first: `["AUTH", <challenge>]`.
+    #[must_use]
+    pub fn challenge(&self) -> &str {
+        &self.challenge
+    }
+
+    /// Who authenticated, if anyone has.
+    #[must_use]
+    pub fn authenticated(&self) -> Option<PublicKey> {
+        self.authenticated
+    }
+
+    /// Screens one client frame at wall-clock `now`.
+    pub fn screen(
+        &mut self,
+        text: &str,
+        limits: &Limits,
+        now: UnixTime,
+        verifier: &SignatureVerifier,
+    ) -> Screened {
+        if let Some(event) = auth_answer(text) {
+            let (accepted, message) =
+                match check_auth_event(&event, &self.challenge, &self.relay_url, now, verifier) {
+                    Ok(pubkey) => {
+                        self.authenticated = Some(pubkey);
+                        (true, String::new())
+                    }
+                    Err(error) => (false, format!("auth-required: {error}")),
+                };
+            return Screened::Answer(RelayMessage::Ok {
+                event_id: event.id,
+                accepted,
+                message,
+            });
+        }
+        if self.authenticated.is_some() {
+            return Screened::Pass;
+        }
+        match ClientMessage::parse(text, limits) {
+            Ok(ClientMessage::Event(event)) => Screened::Answer(RelayMessage::Ok {
+                event_id: event.id,
+                accepted: false,
+                message: AUTH_REQUIRED.into(),
+            }),
+            Ok(ClientMessage::Req {
+                subscription_id, ..
+            }) => Screened::Answer(RelayMessage::Closed {
+                subscription_id,
+                message: AUTH_REQUIRED.into(),
+            }),
+            Ok(ClientMessage::Close(_)) => Screened::Drop,
+            Err(error) => Screened::Answer(error.reply()),
+        }
+    }
+}
+
+/// The event of an `["AUTH", <event>]` frame, if `text` is one.
+fn auth_answer(text: &str) -> Option<Event> {
+    let frame: serde_json::Value = serde_json::from_str(text).ok()?;
+    let items = frame.as_array()?;
+    if items.len() != 2 || items[0].as_str() != Some("AUTH") || !items[1].is_object() {
+        return None;
+    }
+    Event::parse_json(&items[1].to_string()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +269,62 @@ mod tests {
         let mut tampered = answer("c-1", URL, 1_700_000_000, AUTH_KIND);
         tampered.content = "changed".into();
         assert!(matches!(check(&tampered), Err(AuthError::Event(_))));
+    }
+
+    #[test]
+    fn a_gate_refuses_everything_but_its_answer_until_the_client_authenticated() {
+        let verifier = SignatureVerifier::new();
+        let limits = Limits::default();
+        let mut gate = AuthGate::new("c-9".into(), URL.into());
+        let note = signed_event(4, 1_700_000_000, 1, Vec::new(), "hi");
+        let publish = format!(r#"["EVENT",{}]"#, note.to_json());
+        assert_eq!(
+            gate.screen(&publish, &limits, NOW, &verifier),
+            Screened::Answer(RelayMessage::Ok {
+                event_id: note.id,
+                accepted: false,
+                message: AUTH_REQUIRED.into(),
+            })
+        );
+        assert!(matches!(
+            gate.screen(r#"["REQ","s",{}]"#, &limits, NOW, &verifier),
+            Screened::Answer(RelayMessage::Closed { .. })
+        ));
+        assert_eq!(
+            gate.screen(r#"["CLOSE","s"]"#, &limits, NOW, &verifier),
+            Screened::Drop
+        );
+        // A wrong answer is refused and changes nothing; the right one lets frames pass.
+        let wrong = answer("other", URL, 1_700_000_000, AUTH_KIND);
+        let refused = gate.screen(
+            &format!(r#"["AUTH",{}]"#, wrong.to_json()),
+            &limits,
+            NOW,
+            &verifier,
+        );
+        assert!(matches!(
+            refused,
+            Screened::Answer(RelayMessage::Ok {
+                accepted: false,
+                ..
+            })
+        ));
+        assert_eq!(gate.authenticated(), None);
+        let right = answer("c-9", URL, 1_700_000_000, AUTH_KIND);
+        let accepted = gate.screen(
+            &format!(r#"["AUTH",{}]"#, right.to_json()),
+            &limits,
+            NOW,
+            &verifier,
+        );
+        assert!(matches!(
+            accepted,
+            Screened::Answer(RelayMessage::Ok { accepted: true, .. })
+        ));
+        assert_eq!(gate.authenticated(), Some(right.pubkey));
+        assert_eq!(
+            gate.screen(&publish, &limits, NOW, &verifier),
+            Screened::Pass
+        );
     }
 }

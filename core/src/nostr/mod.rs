@@ -36,7 +36,9 @@ mod message;
 mod reason;
 mod subscription;
 
-pub use auth::{AUTH_KIND, AuthError, MAX_AUTH_SKEW_SECS, check_auth_event};
+pub use auth::{
+    AUTH_KIND, AUTH_REQUIRED, AuthError, AuthGate, MAX_AUTH_SKEW_SECS, Screened, check_auth_event,
+};
 #[cfg(any(test, feature = "test-support"))]
 pub use event::testing;
 pub use event::{Event, EventError, ReplacementKey, SignatureVerifier, Tag};

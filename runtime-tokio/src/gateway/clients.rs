@@ -30,8 +30,7 @@ use hypergate_adapters::relay::{HostedSession, LiveStarted};
 use hypergate_core::gateway::WriteVerdict;
 use hypergate_core::ids::{PeerId, RelayKey};
 use hypergate_core::nostr::{
-    ClientMessage, Event, PublicKey, RelayMessage, SignatureVerifier, SubscriptionId,
-    check_auth_event,
+    AuthGate, ClientMessage, Event, RelayMessage, Screened, SignatureVerifier, SubscriptionId,
 };
 use hypergate_core::router::{SessionId, SessionKind};
 use hypergate_core::session::{DeliveredLog, FrameBudget, PublishOutcome, Session, SessionConfig};
@@ -105,24 +104,12 @@ struct Client {
     auth: Option<AuthGate>,
 }
 
-/// A NIP-42 challenge and whether it was answered.
-struct AuthGate {
-    challenge: String,
-    url: String,
-    authenticated: Option<PublicKey>,
-}
-
-impl AuthGate {
-    fn new(url: String) -> AuthGate {
-        let mut bytes = [0u8; 16];
-        // The OS RNG does not fail on Linux; the challenge must still differ per connection.
-        let _ = OsRng.try_fill_bytes(&mut bytes);
-        AuthGate {
-            challenge: hex::encode(bytes),
-            url,
-            authenticated: None,
-        }
-    }
+/// A fresh NIP-42 gate: the challenge must differ per connection.
+fn new_auth_gate(url: String) -> AuthGate {
+    let mut bytes = [0u8; 16];
+    // The OS RNG does not fail on Linux.
+    let _ = OsRng.try_fill_bytes(&mut bytes);
+    AuthGate::new(hex::encode(bytes), url)
 }
 
 /// Why the connection ends.
@@ -213,7 +200,7 @@ pub(crate) async fn serve(
         writes: JoinSet::new(),
         counted_writes: BTreeSet::new(),
         auth: match access {
-            Access::Nip42 { url } => Some(AuthGate::new(url)),
+            Access::Nip42 { url } => Some(new_auth_gate(url)),
             Access::Granted | Access::Refused(..) => None,
         },
     };
@@ -221,7 +208,7 @@ pub(crate) async fn serve(
         && client
             .send_text(format!(
                 r#"["AUTH",{}]"#,
-                serde_json::Value::from(gate.challenge.clone())
+                serde_json::Value::from(gate.challenge())
             ))
             .is_err()
     {
@@ -429,55 +416,22 @@ impl Client {
         )
     }
 
-    /// NIP-42: answers `AUTH`, and refuses everything else until the client authenticated.
-    /// Whether the frame was consumed here.
+    /// NIP-42 (core's [`AuthGate`]): answers `AUTH`, and refuses everything else until the
+    /// client authenticated. Whether the frame was consumed here.
     fn auth_gate(&mut self, text: &str) -> Result<bool, Ending> {
+        let now = self.shared.unix_now();
+        let limits = self.config.session.limits;
         let Some(gate) = &mut self.auth else {
             return Ok(false);
         };
-        if let Some(event) = auth_event(text) {
-            let now = self.shared.unix_now();
-            let verdict = check_auth_event(
-                &event,
-                &gate.challenge,
-                &gate.url,
-                now,
-                &SignatureVerifier::new(),
-            );
-            let (accepted, message) = match verdict {
-                Ok(pubkey) => {
-                    gate.authenticated = Some(pubkey);
-                    (true, String::new())
-                }
-                Err(error) => (false, format!("auth-required: {error}")),
-            };
-            self.send(&RelayMessage::Ok {
-                event_id: event.id,
-                accepted,
-                message,
-            })?;
-            return Ok(true);
+        match gate.screen(text, &limits, now, &SignatureVerifier::new()) {
+            Screened::Pass => Ok(false),
+            Screened::Drop => Ok(true),
+            Screened::Answer(reply) => {
+                self.send(&reply)?;
+                Ok(true)
+            }
         }
-        if gate.authenticated.is_some() {
-            return Ok(false);
-        }
-        let detail = "auth-required: this relay requires authentication (NIP-42)";
-        match ClientMessage::parse(text, &self.config.session.limits) {
-            Ok(ClientMessage::Event(event)) => self.send(&RelayMessage::Ok {
-                event_id: event.id,
-                accepted: false,
-                message: detail.into(),
-            })?,
-            Ok(ClientMessage::Req {
-                subscription_id, ..
-            }) => self.send(&RelayMessage::Closed {
-                subscription_id,
-                message: detail.into(),
-            })?,
-            Ok(ClientMessage::Close(_)) => {}
-            Err(error) => self.send(&error.reply())?,
-        }
-        Ok(true)
     }
 
     /// Answers a frame over the connection's rate: `OK false` for an EVENT, `CLOSED` for a
@@ -841,16 +795,6 @@ enum Pending {
     Refused(String),
     Retry,
     Error(String),
-}
-
-/// The event of an `["AUTH", <event>]` frame, if `text` is one.
-fn auth_event(text: &str) -> Option<Event> {
-    let frame: serde_json::Value = serde_json::from_str(text).ok()?;
-    let items = frame.as_array()?;
-    if items.len() != 2 || items[0].as_str() != Some("AUTH") || !items[1].is_object() {
-        return None;
-    }
-    Event::parse_json(&items[1].to_string()).ok()
 }
 
 /// Moves one live subscription's messages to the session task.
