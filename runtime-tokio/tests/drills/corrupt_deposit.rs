@@ -7,23 +7,21 @@
 //!
 //! Promised: each unlock is refused, the gateway's client reads `OK false "read-only: escrow
 //! refused (…)"` and never `OK true`; with the row restored, the next write is accepted. Also
-//! promised, and not kept yet (the ignored variant): each refusal is in the escrow's audit log
-//! (`hypergate audit verify --json`).
+//! promised: each refusal is in the escrow's audit log (`hypergate audit verify --json`; F2,
+//! fixed).
 //!
 //! PostgreSQL is needed (the embedded store offers no way to damage one record in place):
 //! without `HYPERGATE_TEST_DATABASE_URL` the drill is skipped, under CI it fails.
 
 use std::time::Duration;
 
-use hypergate_core::escrow::PolicyConfig;
 use hypergate_core::nostr::testing::signed_event;
 
-use crate::escrow_support::{Backend, Harness, Options, RelayFixture, peer_of};
-use crate::gateway_support::{
-    PATIENCE, connect, escrow_config, eventually, get_json, init_worker, publish, run_worker,
-    start_gateway,
+use crate::escrow_support::{Backend, Harness, RelayFixture, peer_of};
+use crate::gateway_support::{connect, escrow_config, get_json, publish, start_gateway};
+use crate::support::{
+    audit_entries, deposited_worker, publish_until_accepted, quick_lease_options,
 };
-use crate::support::{audit_entries, owner_mirrored, publish_until_accepted};
 
 const LIVENESS: Duration = Duration::from_secs(1);
 
@@ -62,13 +60,7 @@ async fn a_corrupted_deposit_refusal_is_in_the_audit_log() {
 
 /// The drill; with `check_audit`, it also requires both refusals in the audit log.
 async fn drill(check_audit: bool) {
-    let options = Options {
-        policy: PolicyConfig {
-            peer_liveness_timeout: LIVENESS,
-            ..PolicyConfig::default()
-        },
-        ..Options::default()
-    };
+    let options = quick_lease_options(LIVENESS);
     let Some(mut harness) = Harness::start(Backend::Postgres, options).await else {
         return; // no PostgreSQL and CI unset: skipped by the harness
     };
@@ -79,18 +71,7 @@ async fn drill(check_audit: bool) {
     )
     .await;
     let worker_dir = tempfile::tempdir().unwrap();
-    let relay = init_worker(worker_dir.path())["relayKey"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut worker = run_worker(worker_dir.path(), &gateway, Some(&harness));
-    let ready = eventually(PATIENCE, async || {
-        let status = get_json(worker.addr, "/status").await;
-        status["relays"][0]["escrowId"].is_string()
-            && owner_mirrored(gateway.http_addr, &relay).await
-    })
-    .await;
-    assert!(ready, "the worker never deposited and got mirrored");
+    let (relay, mut worker) = deposited_worker(worker_dir.path(), &gateway, &harness).await;
     let status = get_json(worker.addr, "/status").await;
     let escrow_id = status["relays"][0]["escrowId"].as_str().unwrap().to_owned();
     worker.kill();

@@ -18,15 +18,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hypergate_core::escrow::PolicyConfig;
 use hypergate_core::nostr::testing::signed_event;
 
-use crate::escrow_support::{Backend, Harness, Options};
+use crate::escrow_support::{Backend, Harness};
 use crate::gateway_support::{
     PATIENCE, connect, escrow_config, eventually, get_json, init_worker, publish, query,
     run_worker, start_gateway,
 };
-use crate::support::{mirrored_cores, owner_mirrored, publish_until_accepted};
+use crate::support::{mirrored_cores, owner_mirrored, publish_until_accepted, quick_lease_options};
 
 const LIVENESS: Duration = Duration::from_secs(1);
 
@@ -110,13 +109,7 @@ async fn drill(expect_recovery: bool) {
     let Some(tmpfs) = Tmpfs::mount("16m") else {
         return;
     };
-    let options = Options {
-        policy: PolicyConfig {
-            peer_liveness_timeout: LIVENESS,
-            ..PolicyConfig::default()
-        },
-        ..Options::default()
-    };
+    let options = quick_lease_options(LIVENESS);
     let harness = Harness::start(Backend::Embedded, options).await.unwrap();
     let gateway = start_gateway(tmpfs.path(), Some(escrow_config(&harness, "gateway"))).await;
     let worker_dir = tempfile::tempdir().unwrap();

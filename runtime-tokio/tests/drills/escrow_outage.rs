@@ -12,17 +12,17 @@
 
 use std::time::{Duration, Instant};
 
-use hypergate_core::escrow::PolicyConfig;
 use hypergate_core::nostr::testing::signed_event;
 use hypergate_tokio::gateway::GatewayHandle;
 
-use crate::escrow_support::{Backend, Harness, Options};
+use crate::escrow_support::{Backend, Harness};
 use crate::gateway_support::{
     PATIENCE, WorkerProcess, Ws, connect, escrow_config, eventually, get_json, init_worker, next,
     publish, query, run_worker, send, start_gateway,
 };
 use crate::support::{
     EscrowProcess, audit_entries, metric, owner_mirrored, publish_until_accepted,
+    quick_lease_options,
 };
 
 /// The escrow's worker-liveness timeout here: short, so a lease can be granted soon.
@@ -49,13 +49,7 @@ struct Setup {
 
 impl Setup {
     async fn start() -> Setup {
-        let options = Options {
-            policy: PolicyConfig {
-                peer_liveness_timeout: LIVENESS,
-                ..PolicyConfig::default()
-            },
-            ..Options::default()
-        };
+        let options = quick_lease_options(LIVENESS);
         let mut harness = Harness::start(Backend::Embedded, options).await.unwrap();
         // The escrow under test is a process on the harness's port, so it can be SIGKILLed;
         // the harness lends its PKI and client settings.
@@ -324,13 +318,7 @@ async fn a_late_deposit_reaches_the_gateway_and_serves_a_lease() {
 
 /// The drill; with `expect_lease`, the gateway must learn of the late deposit and lease from it.
 async fn late_deposit(expect_lease: bool) {
-    let options = Options {
-        policy: PolicyConfig {
-            peer_liveness_timeout: LIVENESS,
-            ..PolicyConfig::default()
-        },
-        ..Options::default()
-    };
+    let options = quick_lease_options(LIVENESS);
     let mut harness = Harness::start(Backend::Embedded, options).await.unwrap();
     let port = harness.addr.port();
     harness.stop().await;

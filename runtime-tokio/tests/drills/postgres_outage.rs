@@ -19,16 +19,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use hypergate_core::escrow::PolicyConfig;
 use hypergate_core::nostr::testing::signed_event;
 use tokio::sync::Mutex;
 
-use crate::escrow_support::{Harness, Options, RelayFixture, TestDatabase, peer_of};
+use crate::escrow_support::{Harness, RelayFixture, TestDatabase, peer_of};
 use crate::gateway_support::{
-    PATIENCE, connect, escrow_config, eventually, get_json, init_worker, publish, query,
-    run_worker, start_gateway,
+    PATIENCE, connect, escrow_config, eventually, publish, query, start_gateway,
 };
-use crate::support::{owner_mirrored, publish_until_accepted};
+use crate::support::{deposited_worker, publish_until_accepted, quick_lease_options};
 
 const LIVENESS: Duration = Duration::from_secs(1);
 
@@ -195,13 +193,7 @@ async fn the_escrow_refuses_while_its_database_is_down_and_recovers_by_itself_wh
     let Some(postgres) = OwnPostgres::start() else {
         return;
     };
-    let options = Options {
-        policy: PolicyConfig {
-            peer_liveness_timeout: LIVENESS,
-            ..PolicyConfig::default()
-        },
-        ..Options::default()
-    };
+    let options = quick_lease_options(LIVENESS);
     let db = TestDatabase::create_at(&postgres.url());
     let harness = Harness::start_on(db, options).await;
     let gateway_data = tempfile::tempdir().unwrap();
@@ -211,18 +203,7 @@ async fn the_escrow_refuses_while_its_database_is_down_and_recovers_by_itself_wh
     )
     .await;
     let worker_dir = tempfile::tempdir().unwrap();
-    let relay = init_worker(worker_dir.path())["relayKey"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut worker = run_worker(worker_dir.path(), &gateway, Some(&harness));
-    let ready = eventually(PATIENCE, async || {
-        let status = get_json(worker.addr, "/status").await;
-        status["relays"][0]["escrowId"].is_string()
-            && owner_mirrored(gateway.http_addr, &relay).await
-    })
-    .await;
-    assert!(ready, "the worker never deposited and got mirrored");
+    let (relay, mut worker) = deposited_worker(worker_dir.path(), &gateway, &harness).await;
     worker.kill();
 
     // The load: deposits of fresh relays, one after another, until told to stop.

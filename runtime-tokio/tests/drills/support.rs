@@ -9,10 +9,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hypergate_core::escrow::PolicyConfig;
+use hypergate_tokio::gateway::GatewayHandle;
 use serde_json::Value;
 
-use crate::escrow_support::{Pki, SHARED_SECRET, peer_of};
-use crate::gateway_support::{BIN, GatewayAddress, PATIENCE, Ws, get_json, http_get, publish};
+use crate::escrow_support::{Harness, Options, Pki, SHARED_SECRET, peer_of};
+use crate::gateway_support::{
+    BIN, GatewayAddress, PATIENCE, WorkerProcess, Ws, eventually, get_json, http_get, init_worker,
+    publish, run_worker,
+};
 
 /// The sum of the samples of metric `name` on `addr`'s `/metrics` whose labels include every
 /// `key="value"` of `labels`.
@@ -279,4 +284,36 @@ pub(crate) fn drill_scale() -> u64 {
                 panic!("HYPERGATE_DRILL_SCALE={text:?}: expected a whole number ≥ 1")
             }),
     }
+}
+
+/// Escrow options whose worker-liveness timeout is `liveness`: short, so that a lease can be
+/// granted soon after a drill sends the relay's worker away.
+pub(crate) fn quick_lease_options(liveness: Duration) -> Options {
+    Options {
+        policy: PolicyConfig {
+            peer_liveness_timeout: liveness,
+            ..PolicyConfig::default()
+        },
+        ..Options::default()
+    }
+}
+
+/// A worker relay initialised in `dir` and run against `gateway`, once it has deposited its
+/// gateway writer with the escrow and the gateway mirrors its owner log: the relay key and
+/// the worker process.
+pub(crate) async fn deposited_worker(
+    dir: &Path,
+    gateway: &GatewayHandle,
+    harness: &Harness,
+) -> (String, WorkerProcess) {
+    let relay = init_worker(dir)["relayKey"].as_str().unwrap().to_owned();
+    let worker = run_worker(dir, gateway, Some(harness));
+    let ready = eventually(PATIENCE, async || {
+        let status = get_json(worker.addr, "/status").await;
+        status["relays"][0]["escrowId"].is_string()
+            && owner_mirrored(gateway.http_addr, &relay).await
+    })
+    .await;
+    assert!(ready, "the worker never deposited and got mirrored");
+    (relay, worker)
 }
