@@ -40,7 +40,7 @@ mod repair;
 mod verify;
 
 use std::fs::{self, File};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use hypercore::{Hypercore, HypercoreBuilder, HypercoreError, Storage};
@@ -296,35 +296,23 @@ impl AuditLog {
         } else {
             // The key file first: a crash before the log exists leaves a key
             // the next start reuses, never a log whose key is nowhere else.
-            let identity = match repair::load_signing_key(&dir)? {
-                Some(identity) => identity,
-                None => {
-                    let identity = Identity::generate(&mut crypto_box::aead::OsRng);
-                    repair::persist_signing_key(&dir, &identity)?;
-                    identity
-                }
-            };
-            let core = repair::new_core(builder, &identity)
-                .await
-                .map_err(|source| AuditError::Storage {
-                    context: "creating the log",
+            let key_file = dir.join(repair::KEY_FILE);
+            let identity = Identity::load_or_create(&key_file).map_err(|source| {
+                AuditError::SigningKeyFile {
+                    dir: dir.clone(),
                     source,
-                })?;
-            for name in STORAGE_FILES {
-                let path = dir.join(name);
-                fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-                    .map_err(io_error(&path))?;
-            }
-            // The new files' directory entries must survive a crash too.
-            sync_dir(&dir)?;
-            core
+                }
+            })?;
+            repair::create_log(builder, &dir, &identity).await?
         };
         let Some(secret) = core.key_pair().secret.clone() else {
             return Err(AuditError::NotWritable { dir }.into());
         };
-        // Logs made before the key file existed get one now, so that a later
-        // crash can be repaired; a key file holding another key is refused.
-        repair::persist_signing_key(&dir, &Identity::from_signing_key(secret))?;
+        if existing {
+            // Logs made before the key file existed get one now, so that a later
+            // crash can be repaired; a key file holding another key is refused.
+            repair::persist_signing_key(&dir, &Identity::from_signing_key(secret))?;
+        }
         let data_path = dir.join("data");
         let data_len = fs::metadata(&data_path)
             .map_err(io_error(&data_path))?

@@ -34,7 +34,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hypercore::{Hypercore, HypercoreBuilder, HypercoreError, PartialKeypair, Storage};
+use hypercore::{Hypercore, HypercoreBuilder, PartialKeypair, Storage};
 
 use super::entry::AuditBlock;
 use super::{AuditError, STORAGE_FILES, io_error, sync_dir};
@@ -80,18 +80,31 @@ pub(super) fn persist_signing_key(dir: &Path, identity: &Identity) -> Result<(),
         })
 }
 
-/// A new, empty hypercore signed with `identity`.
-pub(super) async fn new_core(
+/// A new, empty log in `dir` (whose storage `builder` holds) signed with `identity`: its
+/// files made 0600 and their directory entries synced.
+pub(super) async fn create_log(
     builder: HypercoreBuilder,
+    dir: &Path,
     identity: &Identity,
-) -> Result<Hypercore, HypercoreError> {
-    builder
+) -> Result<Hypercore, AuditError> {
+    let core = builder
         .key_pair(PartialKeypair {
             public: identity.signing_key().verifying_key(),
             secret: Some(identity.signing_key().clone()),
         })
         .build()
         .await
+        .map_err(|source| AuditError::Storage {
+            context: "creating the log",
+            source,
+        })?;
+    for name in STORAGE_FILES {
+        let path = dir.join(name);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(io_error(&path))?;
+    }
+    // The new files' directory entries must survive a crash too.
+    sync_dir(dir)?;
+    Ok(core)
 }
 
 /// Rebuilds the log in `dir` (see the module docs), or returns `cause` if
@@ -132,12 +145,7 @@ pub(super) async fn rebuild(
                 context: "creating the rebuilt log",
                 source,
             })?;
-        let mut core = new_core(HypercoreBuilder::new(storage), &identity)
-            .await
-            .map_err(|source| AuditError::Storage {
-                context: "creating the rebuilt log",
-                source,
-            })?;
+        let mut core = create_log(HypercoreBuilder::new(storage), &repair_dir, &identity).await?;
         for batch in chain.blocks.chunks(REBUILD_BATCH) {
             core.append_batch(batch)
                 .await
@@ -147,11 +155,6 @@ pub(super) async fn rebuild(
                 })?;
         }
     }
-    for name in STORAGE_FILES {
-        let path = repair_dir.join(name);
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(io_error(&path))?;
-    }
-    sync_dir(&repair_dir)?;
 
     let seconds = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -73,7 +73,7 @@ impl RelayIndex {
     /// Like [`Self::open`], for an index the caller rebuilds from the logs at every start:
     /// its commits skip the fsync (see the module docs).
     pub fn open_scratch(path: impl AsRef<Path>) -> Result<RelayIndex, IndexError> {
-        Self::open_with(path.as_ref(), Some(SCRATCH_SYNC_EVERY))
+        Self::open_with(path.as_ref(), Some(SCRATCH_SYNC_EVERY - 1))
     }
 
     fn open_with(path: &Path, scratch_commits_left: Option<u32>) -> Result<RelayIndex, IndexError> {
@@ -131,7 +131,8 @@ impl RelayIndex {
             .map_err(storage("starting a write transaction"))?;
         if let Some(left) = &mut self.scratch_commits_left {
             if *left == 0 {
-                *left = SCRATCH_SYNC_EVERY;
+                // This commit is the durable one of the next `SCRATCH_SYNC_EVERY`.
+                *left = SCRATCH_SYNC_EVERY - 1;
             } else {
                 *left -= 1;
                 tx.set_durability(Durability::None)

@@ -194,6 +194,14 @@ pub enum PublishOutcome {
     ReadOnly(String),
 }
 
+impl PublishOutcome {
+    /// Whether the client hears `OK true` (stored, or already held).
+    #[must_use]
+    pub fn is_ok(&self) -> bool {
+        matches!(self, PublishOutcome::Accepted | PublishOutcome::Duplicate)
+    }
+}
+
 /// One client connection's NIP-01 state. See the module docs for the contract.
 #[derive(Debug)]
 pub struct Session {

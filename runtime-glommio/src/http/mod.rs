@@ -135,11 +135,7 @@ impl ShardedServer {
 
     /// Stops accepting and waits for every shard to finish.
     pub fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for executor in self.executors {
-            // A shard that panicked has nothing left to stop.
-            let _ = executor.join();
-        }
+        stop_started(&self.stop, self.executors);
     }
 }
 
@@ -216,9 +212,11 @@ where
     })
 }
 
+/// Tells every started shard to stop and waits for each.
 fn stop_started(stop: &AtomicBool, executors: Vec<ExecutorJoinHandle<()>>) {
     stop.store(true, Ordering::Relaxed);
     for executor in executors {
+        // A shard that panicked has nothing left to stop.
         let _ = executor.join();
     }
 }

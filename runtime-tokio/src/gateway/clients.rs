@@ -763,10 +763,7 @@ impl Client {
                 reported: false,
             },
         };
-        let accepted = matches!(
-            stored.outcome,
-            PublishOutcome::Accepted | PublishOutcome::Duplicate
-        );
+        let accepted = stored.outcome.is_ok();
         self.shared
             .metrics
             .fallback_write_for(&relay.to_hex(), if accepted { "accepted" } else { "error" });

@@ -187,14 +187,11 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<GatewayHandle> {
     // Mirrors kept from the last run serve their relays until a worker returns.
     for record in mirror.cores() {
         // A removed writer counts only up to its final length.
-        let expected = record
-            .final_length
-            .map_or(record.remote_length, |last| last.min(record.remote_length));
         core.handle_mirror_found_at_start(
             record.relay,
             record.core_key.0,
             record.local_length,
-            expected,
+            record.target_length(),
             clock.now(),
         );
     }

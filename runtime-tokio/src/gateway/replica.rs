@@ -147,6 +147,15 @@ impl ReplicaHosts {
         }
     }
 
+    /// `relay`'s view of the mirror, with its leased writer for appends.
+    fn source(&self, relay: RelayKey) -> MirrorSource {
+        MirrorSource {
+            relay,
+            mirror: Arc::clone(&self.mirror),
+            writers: Arc::clone(&self.writers),
+        }
+    }
+
     /// The host of `relay`, opened (and caught up with the mirror) on first use.
     pub(crate) async fn host(&self, relay: RelayKey) -> Result<Arc<Mutex<ReplicaHost>>, String> {
         let mut hosts = self.hosts.lock().await;
@@ -157,11 +166,7 @@ impl ReplicaHosts {
             .map_err(|e| format!("cannot create {}: {e}", self.index_dir.display()))?;
         let path = self.index_dir.join(format!("{}.redb", relay.to_hex()));
         let indexed = IndexedRelay::create(relay, &path, LIVE_QUEUE).map_err(|e| e.to_string())?;
-        let source = MirrorSource {
-            relay,
-            mirror: Arc::clone(&self.mirror),
-            writers: Arc::clone(&self.writers),
-        };
+        let source = self.source(relay);
         let config = HostConfig {
             read_only_reason: "no lease for this relay".to_owned(),
             ..HostConfig::default()
@@ -192,11 +197,7 @@ impl ReplicaHosts {
                     Ok(host) => {
                         // The batcher appends through its own handle on the mirror, so that the
                         // host stays free for other sessions during the append's syncs.
-                        let source = MirrorSource {
-                            relay,
-                            mirror: Arc::clone(&self.mirror),
-                            writers: Arc::clone(&self.writers),
-                        };
+                        let source = self.source(relay);
                         let mut batchers = self.batchers.lock().await;
                         Arc::clone(batchers.entry(relay).or_insert_with(|| {
                             Arc::new(WriteBatcher::spawn(

@@ -169,12 +169,7 @@ impl RelayWrites {
             .into_iter()
             .map(StoredWrite::unreported)
             .collect();
-        let appended = |write: &StoredWrite| {
-            matches!(
-                write.outcome,
-                PublishOutcome::Accepted | PublishOutcome::Duplicate
-            )
-        };
+        let appended = |write: &StoredWrite| write.outcome.is_ok();
         if !stored.iter().any(appended) {
             return stored;
         }
