@@ -18,6 +18,7 @@
 //!   index, embedded (redb) or on PostgreSQL.
 //! - [`escrow_wire`]: the escrow API's strict request parsers and canonical JSON.
 //! - [`mirror`]: the blind-peer store of verified cores replicated from workers.
+//! - [`rt`]: the runtime hooks (spawner, timers) of the runtime-neutral services.
 //! - [`index`]: the relay index (one redb file per relay answering NIP-01 filters) and the live
 //!   feed of newly visible events.
 
@@ -33,3 +34,4 @@ pub mod log;
 pub mod mirror;
 pub mod peer_link;
 pub mod relay;
+pub mod rt;

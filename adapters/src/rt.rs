@@ -1,0 +1,125 @@
+//! The runtime hooks of the runtime-neutral services (the gateway service, the escrow
+//! client): how a background task is started, and timers.
+//!
+//! Contract:
+//! - A [`Spawner`] is the one thing a driver hands in: tokio spawns on its runtime, glommio on
+//!   the executor of the calling shard. Tasks are `Send` so that one service body serves
+//!   both; a driver keeps its own non-`Send` work (a glommio socket) in its own tasks.
+//! - [`Spawner::spawn_with_handle`] ties a task to its handle: dropping the handle cancels
+//!   the task, so a session that ends takes its helpers with it.
+//! - Timers ([`sleep`], [`timeout`]) and [`unblock`] (blocking file work) need no runtime:
+//!   they use the smol-ecosystem reactor and thread pool (`async-io`, `blocking`), which run
+//!   on their own threads and wake any executor's tasks.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+use futures_util::future::RemoteHandle;
+
+/// A boxed background task.
+pub type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Starts background tasks on the driver's runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct Spawner(Arc<dyn Fn(Task) + Send + Sync>);
+
+impl fmt::Debug for Spawner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Spawner")
+    }
+}
+
+impl Spawner {
+    /// A spawner that hands each task to `spawn`.
+    pub fn new(spawn: impl Fn(Task) + Send + Sync + 'static) -> Self {
+        Spawner(Arc::new(spawn))
+    }
+
+    /// Runs `task` in the background, detached.
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        (self.0)(Box::pin(task));
+    }
+
+    /// Runs `task` in the background; the handle resolves to its output, and dropping the
+    /// handle cancels the task.
+    pub fn spawn_with_handle<T: Send + 'static>(
+        &self,
+        task: impl Future<Output = T> + Send + 'static,
+    ) -> RemoteHandle<T> {
+        let (task, handle) = task.remote_handle();
+        self.spawn(task);
+        handle
+    }
+}
+
+/// A future did not finish within its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("timed out after {0:?}")]
+pub struct Elapsed(pub Duration);
+
+/// Waits `duration`.
+pub async fn sleep(duration: Duration) {
+    async_io::Timer::after(duration).await;
+}
+
+/// `future`'s output, or [`Elapsed`] when it takes longer than `limit` (it is then dropped).
+pub async fn timeout<F: Future>(limit: Duration, future: F) -> Result<F::Output, Elapsed> {
+    futures_lite::future::or(async { Ok(future.await) }, async {
+        sleep(limit).await;
+        Err(Elapsed(limit))
+    })
+    .await
+}
+
+/// Runs blocking `work` (file syncs, renames) on a thread pool, off the executor.
+pub async fn unblock<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    blocking::unblock(work).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn smol_spawner() -> Spawner {
+        Spawner::new(|task| smol::spawn(task).detach())
+    }
+
+    #[test]
+    fn a_dropped_handle_cancels_its_task() {
+        smol::block_on(async {
+            let finished = Arc::new(AtomicUsize::new(0));
+            let handle = smol_spawner().spawn_with_handle({
+                let finished = Arc::clone(&finished);
+                async move {
+                    sleep(Duration::from_millis(50)).await;
+                    finished.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            drop(handle);
+            sleep(Duration::from_millis(150)).await;
+            assert_eq!(finished.load(Ordering::SeqCst), 0);
+        });
+    }
+
+    #[test]
+    fn a_handle_yields_the_task_output() {
+        smol::block_on(async {
+            let handle = smol_spawner().spawn_with_handle(async { 7 });
+            assert_eq!(handle.await, 7);
+        });
+    }
+
+    #[test]
+    fn timeout_passes_a_quick_future_and_stops_a_slow_one() {
+        smol::block_on(async {
+            assert_eq!(timeout(Duration::from_secs(5), async { 3 }).await, Ok(3));
+            let slow = timeout(Duration::from_millis(10), sleep(Duration::from_secs(60))).await;
+            assert_eq!(slow, Err(Elapsed(Duration::from_millis(10))));
+        });
+    }
+}
