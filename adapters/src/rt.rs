@@ -15,7 +15,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
 use futures_util::future::RemoteHandle;
@@ -64,6 +64,11 @@ pub struct Elapsed(pub Duration);
 /// Waits `duration`.
 pub async fn sleep(duration: Duration) {
     async_io::Timer::after(duration).await;
+}
+
+/// Waits until `deadline`.
+pub async fn sleep_until(deadline: Instant) {
+    async_io::Timer::at(deadline).await;
 }
 
 /// `future`'s output, or [`Elapsed`] when it takes longer than `limit` (it is then dropped).

@@ -38,3 +38,12 @@ pub mod worker_agent;
 /// ≈ 135 KiB; most Nostr frames fit in 4 KiB and a larger one grows the buffer
 /// (`docs/benchmarks.md`, decisions D115).
 pub(crate) const WEBSOCKET_READ_BUFFER_BYTES: usize = 4096;
+
+/// A spawner for the runtime-neutral services that starts their tasks on the current tokio
+/// runtime (call it from inside one).
+pub fn tokio_spawner() -> hypergate_adapters::rt::Spawner {
+    let runtime = tokio::runtime::Handle::current();
+    hypergate_adapters::rt::Spawner::new(move |task| {
+        runtime.spawn(task);
+    })
+}

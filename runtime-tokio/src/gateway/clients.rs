@@ -19,14 +19,16 @@
 //! - **No client stalls another.** Frames to the client go through a bounded queue; a client
 //!   that lets it fill is disconnected.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::future::{self, BoxFuture, Either, RemoteHandle};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use hypergate_adapters::index::{LiveMessage, SubscriberId};
 use hypergate_adapters::relay::{HostedSession, LiveStarted};
+use hypergate_adapters::rt;
 use hypergate_core::gateway::WriteVerdict;
 use hypergate_core::ids::{PeerId, RelayKey};
 use hypergate_core::nostr::{
@@ -37,7 +39,6 @@ use hypergate_core::session::{DeliveredLog, FrameBudget, PublishOutcome, Session
 use hypergate_core::wire::{BoundedString, Frame, MAX_NOSTR_FRAME_BYTES, Message, NostrFrame};
 use rand_core::{OsRng, TryRngCore};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
-use tokio::task::JoinSet;
 
 use super::http::Access;
 use super::metrics::RATE_LIMIT;
@@ -68,7 +69,14 @@ pub(crate) struct ClientConfig {
 }
 
 type LiveItem = (SubscriptionId, SubscriberId, LiveMessage);
-type WriteDone = (Event, Result<u64, PublishOutcome>);
+
+/// A client write once the core's answer (and the escrow's, if it waited) is in.
+struct WriteDone {
+    event: Event,
+    result: Result<u64, PublishOutcome>,
+    /// Whether the core counted it as an append in flight from the start.
+    counted: bool,
+}
 
 /// Where the session's frames go now.
 enum Mode {
@@ -81,7 +89,8 @@ enum Mode {
 struct ReplicaConn {
     host: Arc<Mutex<ReplicaHost>>,
     conn: HostedSession,
-    forwarders: JoinSet<()>,
+    /// The live-subscription forwarders; dropping a handle stops its forwarder.
+    forwarders: Vec<RemoteHandle<()>>,
 }
 
 /// One connection's task state.
@@ -94,12 +103,13 @@ struct Client {
     /// Open REQs by subscription id, as the client sent them.
     subscriptions: BTreeMap<String, String>,
     delivered: DeliveredLog,
-    out: mpsc::Sender<WsMessage>,
+    out: mpsc::Sender<ToClient>,
     live_tx: mpsc::Sender<LiveItem>,
-    writes: JoinSet<WriteDone>,
-    /// Write tasks whose append the core already counts as in flight from the start (an
-    /// `Append` verdict); each must be settled, also when the connection ends first.
-    counted_writes: BTreeSet<tokio::task::Id>,
+    /// Writes waiting for the core's or the escrow's answer, polled by the session loop.
+    writes: FuturesUnordered<BoxFuture<'static, WriteDone>>,
+    /// Of `writes`, those whose append the core already counts as in flight from the start
+    /// (an `Append` verdict); each must be settled, also when the connection ends first.
+    counted_in_flight: usize,
     /// NIP-42, for a relay that requires authentication and a client without a token.
     auth: Option<AuthGate>,
 }
@@ -120,24 +130,100 @@ enum Ending {
     Refused(u16, &'static str),
 }
 
-/// Serves one upgraded WebSocket for the relay named `relay_name` (key or alias).
-pub(crate) async fn serve(
-    socket: WebSocket,
+/// A frame the driver read from the client's WebSocket.
+#[derive(Debug)]
+pub(crate) enum FromClient {
+    /// A text frame (NIP-01 JSON).
+    Text(String),
+    /// A binary frame (refused with a NOTICE).
+    Binary,
+    /// A ping or pong (the WebSocket library answers pings).
+    Control,
+    /// A close frame, the end of the stream, or a read error.
+    Closed,
+}
+
+/// A frame for the client's WebSocket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ToClient {
+    /// A text frame.
+    Text(String),
+    /// A close frame with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// Serves one upgraded WebSocket for the relay named `relay_name` (key or alias): `incoming`
+/// is what the client sends, `outgoing` where frames for it go. Runtime-neutral: the writer
+/// runs beside the session in the caller's task, so a driver's socket need not be `Send`.
+pub(crate) async fn serve<Si, St>(
+    outgoing: Si,
+    incoming: St,
+    shared: Arc<Shared>,
+    relay_name: String,
+    config: ClientConfig,
+    access: Access,
+    shutdown: watch::Receiver<bool>,
+) where
+    Si: Sink<ToClient> + Unpin,
+    St: Stream<Item = FromClient> + Unpin,
+{
+    let (out, out_rx) = mpsc::channel::<ToClient>(config.outbound_queue.max(1));
+    let writer = write_to_client(outgoing, out_rx);
+    let session = run_session(incoming, out, shared, relay_name, config, access, shutdown);
+    futures_util::pin_mut!(writer, session);
+    let (ending, writer) = match future::select(session, writer).await {
+        Either::Left((ending, writer)) => (ending, Some(writer)),
+        // The socket failed: the session ends when it next sends or reads.
+        Either::Right(((), session)) => (session.await, None),
+    };
+    let Some(writer) = writer else { return };
+    match ending {
+        Ending::TooSlow => {
+            tracing::info!("client disconnected: it did not read its frames");
+        }
+        // What was queued (and a refusal's close frame) goes out first, within bounds.
+        Ending::Closed | Ending::Refused(..) => {
+            let _ = rt::timeout(FLUSH_ON_CLOSE, writer).await;
+        }
+    }
+}
+
+/// Writes queued frames to the client until the queue closes, then closes the socket.
+async fn write_to_client<Si: Sink<ToClient> + Unpin>(
+    mut sink: Si,
+    mut queue: mpsc::Receiver<ToClient>,
+) {
+    // Everything queued goes out in one flush: a REQ's answer is one write, not eleven.
+    while let Some(message) = queue.recv().await {
+        if sink.feed(message).await.is_err() {
+            return;
+        }
+        while let Ok(more) = queue.try_recv() {
+            if sink.feed(more).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// The session of one connection, until it ends; frames for the client go to `out` (a
+/// refusal's close frame last).
+async fn run_session<St: Stream<Item = FromClient> + Unpin>(
+    mut stream: St,
+    out: mpsc::Sender<ToClient>,
     shared: Arc<Shared>,
     relay_name: String,
     config: ClientConfig,
     access: Access,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let (mut sink, mut stream) = socket.split();
+) -> Ending {
     if let Access::Refused(code, reason) = access {
-        let _ = sink
-            .send(WsMessage::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
-        return;
+        let _ = out.try_send(ToClient::Close(code, reason));
+        return Ending::Refused(code, reason);
     }
     let (signal_tx, mut signals) = mpsc::channel(SIGNAL_QUEUE);
     let opened = shared.with_core(|state, now| {
@@ -152,35 +238,12 @@ pub(crate) async fn serve(
         Ok(opened) => opened,
         Err(error) => {
             tracing::debug!(%error, relay = relay_name, "client asked for an unknown relay");
-            let _ = sink
-                .send(WsMessage::Close(Some(CloseFrame {
-                    code: 4404,
-                    reason: "Relay not registered".into(),
-                })))
-                .await;
-            return;
+            let _ = out.try_send(ToClient::Close(4404, "Relay not registered"));
+            return Ending::Refused(4404, "Relay not registered");
         }
     };
     shared.metrics.client_connected();
 
-    let (out, mut out_rx) = mpsc::channel::<WsMessage>(config.outbound_queue.max(1));
-    let writer = tokio::spawn(async move {
-        // Everything queued goes out in one flush: a REQ's answer is one write, not eleven.
-        while let Some(message) = out_rx.recv().await {
-            if sink.feed(message).await.is_err() {
-                return;
-            }
-            while let Ok(more) = out_rx.try_recv() {
-                if sink.feed(more).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = sink.close().await;
-    });
     let (live_tx, mut live_rx) = mpsc::channel::<LiveItem>(LIVE_CHANNEL);
     let mut budget = FrameBudget::new(
         config.frames_per_second,
@@ -197,64 +260,61 @@ pub(crate) async fn serve(
         delivered: DeliveredLog::default(),
         out,
         live_tx,
-        writes: JoinSet::new(),
-        counted_writes: BTreeSet::new(),
+        writes: FuturesUnordered::new(),
+        counted_in_flight: 0,
         auth: match access {
             Access::Nip42 { url } => Some(new_auth_gate(url)),
             Access::Granted | Access::Refused(..) => None,
         },
     };
+    let mut ending = None;
     if let Some(gate) = &client.auth
-        && client
-            .send_text(format!(
-                r#"["AUTH",{}]"#,
-                serde_json::Value::from(gate.challenge())
-            ))
-            .is_err()
+        && let Err(refused) = client.send_text(format!(
+            r#"["AUTH",{}]"#,
+            serde_json::Value::from(gate.challenge())
+        ))
     {
-        return;
+        ending = Some(refused);
     }
 
-    let ending = loop {
-        let step = tokio::select! {
-            incoming = stream.next() => match incoming {
-                Some(Ok(WsMessage::Text(text))) => {
-                    if budget.admit(shared.clock_now()) {
-                        client.on_client_text(text.as_str()).await
-                    } else {
-                        shared.metrics.client_frame_refused(RATE_LIMIT);
-                        client.refuse_rate_limited(text.as_str())
+    let ending = match ending {
+        Some(ending) => ending,
+        None => loop {
+            let step = tokio::select! {
+                incoming = stream.next() => match incoming {
+                    Some(FromClient::Text(text)) => {
+                        if budget.admit(shared.clock_now()) {
+                            client.on_client_text(text).await
+                        } else {
+                            shared.metrics.client_frame_refused(RATE_LIMIT);
+                            client.refuse_rate_limited(&text)
+                        }
                     }
+                    Some(FromClient::Binary) => {
+                        client.send(&RelayMessage::Notice("binary frames are not supported".into()))
+                    }
+                    Some(FromClient::Control) => Ok(()),
+                    Some(FromClient::Closed) | None => Err(Ending::Closed),
+                },
+                Some(signal) = signals.recv() => client.on_signal(signal).await,
+                Some((subscription, subscriber, message)) = live_rx.recv() => {
+                    client.on_live(&subscription, subscriber, &message)
                 }
-                Some(Ok(WsMessage::Binary(_))) => {
-                    client.send(&RelayMessage::Notice("binary frames are not supported".into()))
+                Some(done) = client.writes.next(), if !client.writes.is_empty() => {
+                    if done.counted {
+                        client.counted_in_flight -= 1;
+                    }
+                    client.on_write_done(done.event, done.result).await
                 }
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => Ok(()),
-                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => Err(Ending::Closed),
-            },
-            Some(signal) = signals.recv() => client.on_signal(signal).await,
-            Some((subscription, subscriber, message)) = live_rx.recv() => {
-                client.on_live(&subscription, subscriber, &message)
+                _ = shutdown.changed() => Err(Ending::Closed),
+            };
+            if let Err(ending) = step {
+                break ending;
             }
-            Some(done) = client.writes.join_next_with_id(), if !client.writes.is_empty() => match done {
-                Ok((id, (event, result))) => {
-                    client.counted_writes.remove(&id);
-                    client.on_write_done(event, result).await
-                }
-                Err(error) => {
-                    client.counted_writes.remove(&error.id());
-                    tracing::warn!(%error, "a gateway write task failed");
-                    Ok(())
-                }
-            },
-            _ = shutdown.changed() => Err(Ending::Closed),
-        };
-        if let Err(ending) = step {
-            break ending;
-        }
+        },
     };
 
-    client.settle_unfinished_writes().await;
+    client.settle_unfinished_writes();
     client.leave_mode().await;
     let out_close = client.out.clone();
     shared.with_core(|state, now| {
@@ -263,38 +323,17 @@ pub(crate) async fn serve(
     });
     shared.metrics.client_disconnected();
     drop(client);
-    match ending {
-        Ending::Refused(code, reason) => {
-            // The close frame goes after whatever was queued; then the writer closes.
-            let _ = out_close.try_send(WsMessage::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })));
-            drop(out_close);
-            let abort = writer.abort_handle();
-            if tokio::time::timeout(FLUSH_ON_CLOSE, writer).await.is_err() {
-                abort.abort();
-            }
-        }
-        Ending::TooSlow => {
-            drop(out_close);
-            tracing::info!("client disconnected: it did not read its frames");
-            writer.abort();
-        }
-        Ending::Closed => {
-            drop(out_close);
-            let abort = writer.abort_handle();
-            if tokio::time::timeout(FLUSH_ON_CLOSE, writer).await.is_err() {
-                abort.abort();
-            }
-        }
+    if let Ending::Refused(code, reason) = ending {
+        // The close frame goes after whatever was queued; then the writer closes.
+        let _ = out_close.try_send(ToClient::Close(code, reason));
     }
+    ending
 }
 
 impl Client {
     /// Queues a frame for the client.
     fn send_text(&self, text: String) -> Result<(), Ending> {
-        match self.out.try_send(WsMessage::text(text)) {
+        match self.out.try_send(ToClient::Text(text)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => Err(Ending::TooSlow),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(Ending::Closed),
@@ -324,12 +363,12 @@ impl Client {
         }
     }
 
-    async fn on_client_text(&mut self, text: &str) -> Result<(), Ending> {
-        if self.auth.is_some() && self.auth_gate(text)? {
+    async fn on_client_text(&mut self, text: String) -> Result<(), Ending> {
+        if self.auth.is_some() && self.auth_gate(&text)? {
             return Ok(());
         }
-        self.track(text);
-        self.dispatch(text.to_owned()).await
+        self.track(&text);
+        self.dispatch(text).await
     }
 
     /// Sends one client frame to whatever serves the session now.
@@ -502,7 +541,7 @@ impl Client {
                         self.mode = Mode::Replica(Box::new(ReplicaConn {
                             host,
                             conn: HostedSession::new(session),
-                            forwarders: JoinSet::new(),
+                            forwarders: Vec::new(),
                         }));
                         let replay: Vec<String> = self.subscriptions.values().cloned().collect();
                         for text in replay.into_iter().chain(held) {
@@ -583,9 +622,9 @@ impl Client {
                 let ReplicaConn {
                     host,
                     conn,
-                    mut forwarders,
+                    forwarders,
                 } = *replica;
-                forwarders.abort_all();
+                drop(forwarders); // stops them
                 host.lock().await.end_session(conn);
                 Vec::new()
             }
@@ -609,9 +648,11 @@ impl Client {
                 tracing::warn!(%failure, "replica storage failed while answering a client");
             }
             for live in driven.started {
-                replica
-                    .forwarders
-                    .spawn(forward_live(live, self.live_tx.clone()));
+                let forwarder = self
+                    .shared
+                    .spawner
+                    .spawn_with_handle(forward_live(live, self.live_tx.clone()));
+                replica.forwarders.push(forwarder);
             }
             for event in publishes {
                 self.start_write(event);
@@ -654,10 +695,11 @@ impl Client {
             }
         });
         let counted = matches!(decision, Pending::Now(_));
-        let task = self.writes.spawn(async move {
+        self.counted_in_flight += usize::from(counted);
+        self.writes.push(Box::pin(async move {
             let result = match decision {
                 Pending::Now(epoch) => Ok(epoch),
-                Pending::Waiting(rx) => match tokio::time::timeout(LEASE_WAIT, rx).await {
+                Pending::Waiting(rx) => match rt::timeout(LEASE_WAIT, rx).await {
                     Ok(Ok(WriteDecision::Append(epoch))) => Ok(epoch),
                     Ok(Ok(WriteDecision::ReadOnly(reason))) => {
                         Err(PublishOutcome::ReadOnly(reason))
@@ -672,28 +714,21 @@ impl Client {
                 )),
                 Pending::Error(detail) => Err(PublishOutcome::Rejected(format!("error: {detail}"))),
             };
-            (event, result)
-        });
-        if counted {
-            self.counted_writes.insert(task.id());
-        }
+            WriteDone {
+                event,
+                result,
+                counted,
+            }
+        }));
     }
 
     /// The connection ends with writes not yet answered: each one the core counts as an
     /// append in flight is reported failed (it was not made), or the relay's pending writes
     /// could never be cleared. Writes still waiting for a lease are settled by the core when
     /// the lease answer finds their waiter gone.
-    async fn settle_unfinished_writes(&mut self) {
-        self.writes.abort_all();
-        let mut unsettled = 0usize;
-        while let Some(done) = self.writes.join_next_with_id().await {
-            match done {
-                Ok((_, (_, Ok(_epoch)))) => unsettled += 1,
-                Ok(_) => {}
-                Err(error) => unsettled += usize::from(self.counted_writes.contains(&error.id())),
-            }
-        }
-        self.counted_writes.clear();
+    fn settle_unfinished_writes(&mut self) {
+        self.writes.clear();
+        let unsettled = std::mem::take(&mut self.counted_in_flight);
         let relay = self.relay;
         if unsettled > 0 {
             self.shared.with_core(|state, now| {

@@ -54,7 +54,7 @@ impl EscrowLink {
         renewing: Option<LeaseId>,
         evidence: Evidence,
     ) {
-        tokio::spawn(async move {
+        shared.spawner.clone().spawn(async move {
             let Some(escrow) = &shared.escrow else {
                 return;
             };

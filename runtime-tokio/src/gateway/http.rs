@@ -13,12 +13,11 @@
 //! - Every error is a status and JSON `{error}`.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, Path, State, WebSocketUpgrade};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -26,10 +25,11 @@ use hypergate_core::session::RelayInformation;
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::clients::{self, ClientConfig};
+use super::clients::ClientConfig;
 use super::metrics::MirrorSnapshot;
 use super::state::Shared;
 use super::{artifacts, drive, operator};
+use crate::worker::accepts_nostr_json;
 
 /// What the handlers share.
 pub(crate) struct HttpState {
@@ -44,7 +44,7 @@ pub(crate) struct HttpState {
 }
 
 /// One WebSocket connection counted against its address; uncounted when dropped.
-struct IpSlot {
+pub(crate) struct IpSlot {
     table: Arc<std::sync::Mutex<BTreeMap<IpAddr, usize>>>,
     ip: IpAddr,
 }
@@ -86,8 +86,9 @@ impl Drop for IpSlot {
     }
 }
 
-/// The gateway's routes.
-pub(crate) fn router(state: Arc<HttpState>) -> Router {
+/// The gateway's routes, but for the relays' own URLs (the driver adds those, with or
+/// without its WebSocket upgrade).
+pub(crate) fn routes() -> Router<Arc<HttpState>> {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -126,9 +127,33 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
         )
         .route("/pfp/{file}", get(drive::get_pfp))
         .route("/pfp/{owner}/{file}", get(drive::get_owner_pfp))
-        .route("/relay/{relay_key}", get(relay))
-        .route("/{a}/{b}", get(relay_alias))
-        .with_state(state)
+}
+
+/// The relay routes without WebSocket upgrades (a driver that upgrades before routing):
+/// `GET /relay/{relayKey}` and `GET /{a}/{b}` answer [`relay_page`].
+#[allow(dead_code)] // the glommio driver's, next
+pub(crate) fn relay_page_routes() -> Router<Arc<HttpState>> {
+    Router::new()
+        .route(
+            "/relay/{relay_key}",
+            get(
+                |State(state): State<Arc<HttpState>>,
+                 Path(relay_key): Path<String>,
+                 headers: HeaderMap| async move {
+                    relay_page(&state, &relay_key, &headers)
+                },
+            ),
+        )
+        .route(
+            "/{a}/{b}",
+            get(
+                |State(state): State<Arc<HttpState>>,
+                 Path((a, b)): Path<(String, String)>,
+                 headers: HeaderMap| async move {
+                    relay_page(&state, &format!("{a}:{b}"), &headers)
+                },
+            ),
+        )
 }
 
 async fn health(State(state): State<Arc<HttpState>>) -> Response {
@@ -152,13 +177,14 @@ const MIRROR_SCRAPE_WAIT: std::time::Duration = std::time::Duration::from_secs(1
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     let shared = &state.shared;
     // The mirror first, without the core lock (never hold both).
-    let mirror = match tokio::time::timeout(MIRROR_SCRAPE_WAIT, shared.mirror.lock()).await {
-        Ok(store) => Some(MirrorSnapshot::of(&store, shared.unix_now())),
-        Err(_) => {
-            tracing::debug!("mirror store busy: mirror gauges not refreshed this scrape");
-            None
-        }
-    };
+    let mirror =
+        match hypergate_adapters::rt::timeout(MIRROR_SCRAPE_WAIT, shared.mirror.lock()).await {
+            Ok(store) => Some(MirrorSnapshot::of(&store, shared.unix_now())),
+            Err(_) => {
+                tracing::debug!("mirror store busy: mirror gauges not refreshed this scrape");
+                None
+            }
+        };
     let now = shared.clock_now();
     let unix_now = shared.unix_now();
     let text = shared.read_core(|core| shared.metrics.render(core, mirror.as_ref(), now, unix_now));
@@ -170,29 +196,6 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
         text,
     )
         .into_response()
-}
-
-async fn relay(
-    State(state): State<Arc<HttpState>>,
-    Path(relay_key): Path<String>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    uri: Uri,
-    headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    serve(&state, relay_key, remote, &uri, &headers, upgrade)
-}
-
-async fn relay_alias(
-    State(state): State<Arc<HttpState>>,
-    Path((a, b)): Path<(String, String)>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    uri: Uri,
-    headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    // The original's `/:a/:b` names a relay by its identifier `a:b`.
-    serve(&state, format!("{a}:{b}"), remote, &uri, &headers, upgrade)
 }
 
 /// How a client of a relay that requires authentication gets in.
@@ -247,45 +250,44 @@ fn ws_access(state: &HttpState, relay_name: &str, uri: &Uri, headers: &HeaderMap
     }
 }
 
-fn serve(
-    state: &Arc<HttpState>,
-    relay_name: String,
-    remote: SocketAddr,
+/// Admits a WebSocket of `relay_name` from `remote`: its slot among the address's
+/// connections (held for the connection's life) and how it gets in.
+pub(crate) fn admit_websocket(
+    state: &HttpState,
+    relay_name: &str,
+    remote: IpAddr,
     uri: &Uri,
     headers: &HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
+) -> (Access, Option<IpSlot>) {
+    let slot = IpSlot::take(&state.per_ip, remote, state.max_connections_per_ip);
+    let access = match &slot {
+        None => Access::Refused(1008, "Too many connections from this address"),
+        Some(_) => ws_access(state, relay_name, uri, headers),
+    };
+    (access, slot)
+}
+
+/// The largest WebSocket frame or message a client may send: twice the NIP-01 frame limit
+/// (a frame over the limit gets a NIP-01 answer, not a dropped connection).
+pub(crate) fn websocket_message_cap(state: &HttpState) -> usize {
+    state
+        .client
+        .session
+        .limits
+        .max_frame_bytes
+        .saturating_mul(2)
+}
+
+/// What a plain GET of a relay's URL answers: its NIP-11 document with `Accept:
+/// application/nostr+json`, a short text otherwise, 404 `{error}` for an unknown relay.
+pub(crate) fn relay_page(state: &HttpState, relay_name: &str, headers: &HeaderMap) -> Response {
     let known = state
         .shared
-        .read_core(|core| core.core.registry().resolve(&relay_name));
-    if let Ok(upgrade) = upgrade {
-        let slot = IpSlot::take(&state.per_ip, remote.ip(), state.max_connections_per_ip);
-        let access = match &slot {
-            None => Access::Refused(1008, "Too many connections from this address"),
-            Some(_) => ws_access(state, &relay_name, uri, headers),
-        };
-        let cap = state
-            .client
-            .session
-            .limits
-            .max_frame_bytes
-            .saturating_mul(2);
-        let shared = Arc::clone(&state.shared);
-        let config = state.client;
-        let shutdown = state.shutdown.clone();
-        return upgrade
-            .max_message_size(cap)
-            .max_frame_size(cap)
-            .read_buffer_size(crate::WEBSOCKET_READ_BUFFER_BYTES)
-            .on_upgrade(move |socket| async move {
-                let _slot = slot;
-                clients::serve(socket, shared, relay_name, config, access, shutdown).await;
-            });
-    }
+        .read_core(|core| core.core.registry().resolve(relay_name));
     let Some(relay) = known else {
         return error(StatusCode::NOT_FOUND, "unknown relay");
     };
-    if crate::worker::accepts_nostr_json(headers) {
+    if accepts_nostr_json(headers) {
         let information = RelayInformation::new(
             format!("hypergate relay {}", relay.short()),
             format!("Nostr relay {relay}, served through a hypergate gateway"),

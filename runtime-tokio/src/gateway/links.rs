@@ -120,7 +120,9 @@ async fn serve_link(shared: Arc<Shared>, pulling: Arc<Pulling>, link: PeerLink, 
     let writer = {
         let queue = Arc::clone(&own_queue);
         let link = link.clone();
-        tokio::spawn(async move { write_frames(&queue, &link).await })
+        shared
+            .spawner
+            .spawn_with_handle(async move { write_frames(&queue, &link).await })
     };
     tracing::info!(peer = %peer.short(), "worker linked");
     shared.with_core(|state, now| {
@@ -128,7 +130,7 @@ async fn serve_link(shared: Arc<Shared>, pulling: Arc<Pulling>, link: PeerLink, 
         // A worker that reconnects before its old connection was seen to die: the newer link
         // wins, and the old one is closed (its end must not take the new one down).
         if let Some(old) = state.links.insert(peer, link.clone()) {
-            tokio::spawn(async move {
+            shared.spawner.spawn(async move {
                 let _ = old
                     .close(CloseCode::GOING_AWAY, "replaced by a newer link")
                     .await;
@@ -143,7 +145,7 @@ async fn serve_link(shared: Arc<Shared>, pulling: Arc<Pulling>, link: PeerLink, 
                 register_cores(&shared, peer, &advert.cores).await;
                 for core in advert.cores.iter() {
                     if pulling.start(core.core_key) {
-                        tokio::spawn(pull(
+                        shared.spawner.spawn(pull(
                             Arc::clone(&shared),
                             Arc::clone(&pulling),
                             link.clone(),
@@ -167,7 +169,7 @@ async fn serve_link(shared: Arc<Shared>, pulling: Arc<Pulling>, link: PeerLink, 
                 // Answered in its own task: a drive read must not hold up the link's frames.
                 let shared = Arc::clone(&shared);
                 let link = link.clone();
-                tokio::spawn(async move {
+                shared.spawner.clone().spawn(async move {
                     let answer = super::drive::answer_link_request(&shared, peer, &request).await;
                     let _ = link
                         .send(Frame::new(id, Message::HttpResponse(answer)))
@@ -198,7 +200,7 @@ async fn serve_link(shared: Arc<Shared>, pulling: Arc<Pulling>, link: PeerLink, 
         }
     });
     drop(own_queue);
-    writer.abort();
+    drop(writer); // cancels the frame writer
 }
 
 async fn register_cores(shared: &Shared, owner: PeerId, cores: &[CoreAdvert]) {
@@ -243,7 +245,7 @@ async fn pull(shared: Arc<Shared>, pulling: Arc<Pulling>, link: PeerLink, core: 
         // Bounded: a worker that never answers must not hold this core's pull (and with it every
         // later advertisement of the core) for as long as its link lives; an unanswered request
         // is asked again from where the mirror stands, a few times.
-        let answer = tokio::time::timeout(
+        let answer = hypergate_adapters::rt::timeout(
             PULL_ANSWER_TIMEOUT,
             link.request(Message::MirrorProofRequest(request)),
         )

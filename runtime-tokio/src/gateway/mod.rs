@@ -30,6 +30,7 @@ mod operator;
 mod replica;
 mod state;
 mod tokens;
+mod websocket;
 mod write_batch;
 
 use std::net::SocketAddr;
@@ -206,6 +207,7 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<GatewayHandle> {
         GatewayDrives::open(&options.data_dir).context("opening the gateway drives")?,
         tokens::TokenKeys::new(options.token_secret),
         snapshot_path,
+        crate::tokio_spawner(),
     );
 
     let peer_listener = TcpListener::bind(options.peer_listen)
@@ -241,7 +243,9 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<GatewayHandle> {
         admin_token: options.admin_token,
         shutdown: shutdown_rx.clone(),
     });
-    let app = http::router(http_state);
+    let app = http::routes()
+        .merge(websocket::relay_routes())
+        .with_state(http_state);
     let mut http_shutdown = shutdown_rx;
     tasks.spawn(async move {
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -291,7 +295,7 @@ async fn run_timer(shared: Arc<state::Shared>, mut shutdown: watch::Receiver<boo
         let deadline = shared.read_core(|state| state.core.poll_timeout());
         let sleep = async {
             match deadline {
-                Some((at, _reason)) => tokio::time::sleep_until(at.into()).await,
+                Some((at, _reason)) => hypergate_adapters::rt::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use hypergate_adapters::clock::{Clock, SystemClock};
 use hypergate_adapters::mirror::{LeasedWriter, LeasedWriterError, MirrorError, MirrorStore};
 use hypergate_adapters::relay::{BlockSource, HostConfig, IndexedRelay, RelayHost, RelayStore};
+use hypergate_adapters::rt::Spawner;
 use hypergate_core::ids::RelayKey;
 use hypergate_core::lease::LeaseId;
 use hypergate_core::nostr::Event;
@@ -130,6 +131,8 @@ pub(crate) struct ReplicaHosts {
     hosts: Mutex<BTreeMap<RelayKey, Arc<Mutex<ReplicaHost>>>>,
     /// Each open host's write batcher (group commit).
     batchers: Mutex<BTreeMap<RelayKey, Arc<WriteBatcher>>>,
+    /// Starts the batchers' tasks.
+    spawner: Spawner,
 }
 
 impl ReplicaHosts {
@@ -137,6 +140,7 @@ impl ReplicaHosts {
         index_dir: PathBuf,
         mirror: Arc<Mutex<MirrorStore>>,
         writers: LeasedWriters,
+        spawner: Spawner,
     ) -> ReplicaHosts {
         ReplicaHosts {
             index_dir,
@@ -144,6 +148,7 @@ impl ReplicaHosts {
             writers,
             hosts: Mutex::new(BTreeMap::new()),
             batchers: Mutex::new(BTreeMap::new()),
+            spawner,
         }
     }
 
@@ -205,6 +210,7 @@ impl ReplicaHosts {
                                 relay,
                                 host,
                                 source,
+                                &self.spawner,
                             ))
                         }))
                     }

@@ -27,6 +27,7 @@ use hypergate_adapters::crypto::{Identity, LeaseVault};
 use hypergate_adapters::drive::GatewayDrives;
 use hypergate_adapters::mirror::MirrorStore;
 use hypergate_adapters::peer_link::{CloseCode, PeerLink};
+use hypergate_adapters::rt::{self, Spawner};
 use hypergate_core::fair_queue::{Flow, Refused};
 use hypergate_core::gateway::{Gateway, GatewayEvent, WriteId};
 use hypergate_core::ids::PeerId;
@@ -87,6 +88,8 @@ pub(crate) struct CoreState {
     /// Writes waiting for a lease request's answer.
     pub(crate) waiting_writes: BTreeMap<WriteId, oneshot::Sender<WriteDecision>>,
     next_write: u64,
+    /// Starts background tasks (link closes) from inside the drain.
+    spawner: Spawner,
     /// Inputs fed to the core so far ([`Shared::with_core`] calls): a snapshot read when this
     /// is `n` covers every change of the first `n`.
     inputs: u64,
@@ -97,6 +100,8 @@ pub(crate) struct Shared {
     core: Mutex<CoreState>,
     pub(crate) identity: Identity,
     pub(crate) clock: SystemClock,
+    /// Starts background tasks on the driver's runtime.
+    pub(crate) spawner: Spawner,
     pub(crate) mirror: Arc<tokio::sync::Mutex<MirrorStore>>,
     /// Leased gateway writers, by relay (lock before the mirror, never after).
     pub(crate) writers: LeasedWriters,
@@ -131,11 +136,16 @@ impl Shared {
         drives: GatewayDrives,
         tokens: TokenKeys,
         snapshot_path: PathBuf,
+        spawner: Spawner,
     ) -> Arc<Shared> {
         let mirror = Arc::new(tokio::sync::Mutex::new(mirror));
         let writers = Arc::new(tokio::sync::Mutex::new(BTreeMap::new()));
-        let replicas =
-            ReplicaHosts::new(replica_index_dir, Arc::clone(&mirror), Arc::clone(&writers));
+        let replicas = ReplicaHosts::new(
+            replica_index_dir,
+            Arc::clone(&mirror),
+            Arc::clone(&writers),
+            spawner.clone(),
+        );
         Arc::new(Shared {
             core: Mutex::new(CoreState {
                 core,
@@ -144,10 +154,12 @@ impl Shared {
                 sessions: BTreeMap::new(),
                 waiting_writes: BTreeMap::new(),
                 next_write: 1,
+                spawner: spawner.clone(),
                 inputs: 0,
             }),
             identity,
             clock: SystemClock,
+            spawner,
             mirror,
             writers,
             vault: LeaseVault::new(),
@@ -216,9 +228,7 @@ impl Shared {
             self.read_core(|state| (state.core.registry().snapshot_bytes(), state.inputs));
         let bytes = bytes.map_err(std::io::Error::other)?;
         let path = self.snapshot_path.clone();
-        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
-            .await
-            .map_err(std::io::Error::other)??;
+        rt::unblock(move || write_atomically(&path, &bytes)).await?;
         *durable = covers;
         Ok(())
     }
@@ -301,7 +311,7 @@ impl Shared {
             tracing::warn!(peer = %peer.short(), %refused, "peer link outbound queue full: dropping the link");
             state.outbound.remove(&peer);
             if let Some(link) = state.links.remove(&peer) {
-                tokio::spawn(async move {
+                state.spawner.spawn(async move {
                     let _ = link
                         .close(CloseCode::GOING_AWAY, "outbound queue full")
                         .await;
@@ -360,7 +370,7 @@ impl Shared {
                 let wiped = self.vault.wipe(&id);
                 tracing::info!(lease = %id, reason = ?reason, wiped, "lease ended");
                 let shared = Arc::clone(self);
-                tokio::spawn(async move {
+                self.spawner.spawn(async move {
                     {
                         // Only this lease's writer: a newer lease may have replaced it already.
                         let mut writers = shared.writers.lock().await;

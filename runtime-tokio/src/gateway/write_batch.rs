@@ -16,6 +16,7 @@
 
 use std::sync::{Arc, Weak};
 
+use hypergate_adapters::rt::Spawner;
 use hypergate_core::ids::RelayKey;
 use hypergate_core::nostr::Event;
 use hypergate_core::registry::PendingMark;
@@ -74,6 +75,7 @@ impl WriteBatcher {
         relay: RelayKey,
         host: Arc<Mutex<ReplicaHost>>,
         source: MirrorSource,
+        spawner: &Spawner,
     ) -> WriteBatcher {
         let (jobs, queue) = mpsc::channel(QUEUE);
         let relay_writes = RelayWrites {
@@ -82,7 +84,7 @@ impl WriteBatcher {
             host,
             source,
         };
-        tokio::spawn(relay_writes.run(queue));
+        spawner.spawn(relay_writes.run(queue));
         WriteBatcher { jobs }
     }
 
