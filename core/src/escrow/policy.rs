@@ -320,6 +320,23 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// Every reason, in report order (dashboards export each one from the start).
+    pub const ALL: [RejectReason; 13] = [
+        RejectReason::RecordRevoked,
+        RejectReason::RecordExpired,
+        RejectReason::RegistrationFlagMissing,
+        RejectReason::PeersStillHealthy,
+        RejectReason::PeerTimeoutNotReached,
+        RejectReason::MirrorTooStale,
+        RejectReason::MirrorWindowExpired,
+        RejectReason::RequesterNotPermitted,
+        RejectReason::UnlockBudgetExhausted,
+        RejectReason::EvidenceMissing,
+        RejectReason::RecordSuperseded,
+        RejectReason::RelayMismatch,
+        RejectReason::LeaseHeldByAnother,
+    ];
+
     /// The wire string (the original's where it had one).
     #[must_use]
     pub fn as_str(self) -> &'static str {

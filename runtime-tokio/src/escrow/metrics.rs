@@ -45,21 +45,7 @@ const LATENCY_BUCKETS: [f64; 12] = [
 /// Every policy reason, exported at 0 from the start (with the unlock and deposit results):
 /// a series that first appears at 1 is invisible to `rate()` and `increase()`, so a first
 /// rejection would not fire an alert.
-pub const POLICY_REASONS: [RejectReason; 13] = [
-    RejectReason::RecordRevoked,
-    RejectReason::RecordExpired,
-    RejectReason::RegistrationFlagMissing,
-    RejectReason::PeersStillHealthy,
-    RejectReason::PeerTimeoutNotReached,
-    RejectReason::MirrorTooStale,
-    RejectReason::MirrorWindowExpired,
-    RejectReason::RequesterNotPermitted,
-    RejectReason::UnlockBudgetExhausted,
-    RejectReason::EvidenceMissing,
-    RejectReason::RecordSuperseded,
-    RejectReason::RelayMismatch,
-    RejectReason::LeaseHeldByAnother,
-];
+pub const POLICY_REASONS: [RejectReason; 13] = RejectReason::ALL;
 const UNLOCK_RESULTS: [&str; 4] = ["success", "refetch", "policy-rejection", "error"];
 const DEPOSIT_RESULTS: [&str; 3] = ["stored", "rejected", "error"];
 

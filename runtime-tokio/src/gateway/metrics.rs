@@ -62,7 +62,6 @@ use prometheus_client::registry::Registry;
 
 use super::state::CoreState;
 use crate::escrow::client::ClientError;
-use crate::escrow::metrics::POLICY_REASONS;
 
 /// The original's fallback-duration buckets, in seconds.
 const FALLBACK_BUCKETS: [f64; 9] = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0];
@@ -218,7 +217,7 @@ impl GatewayMetrics {
         for result in ["success", "refused"] {
             metrics.unlocks.get_or_create_owned(&ResultLabel { result });
         }
-        for reason in POLICY_REASONS.iter().map(|reason| reason.as_str()) {
+        for reason in RejectReason::ALL.iter().map(|reason| reason.as_str()) {
             metrics
                 .policy_rejections
                 .get_or_create_owned(&ReasonLabel { reason });

@@ -485,3 +485,29 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn every_reject_reason_is_listed_once_in_report_order() {
+    // An exhaustive match: a new reason does not compile until it has a place here.
+    let position = |reason: RejectReason| match reason {
+        RejectReason::RecordRevoked => 0,
+        RejectReason::RecordExpired => 1,
+        RejectReason::RegistrationFlagMissing => 2,
+        RejectReason::PeersStillHealthy => 3,
+        RejectReason::PeerTimeoutNotReached => 4,
+        RejectReason::MirrorTooStale => 5,
+        RejectReason::MirrorWindowExpired => 6,
+        RejectReason::RequesterNotPermitted => 7,
+        RejectReason::UnlockBudgetExhausted => 8,
+        RejectReason::EvidenceMissing => 9,
+        RejectReason::RecordSuperseded => 10,
+        RejectReason::RelayMismatch => 11,
+        RejectReason::LeaseHeldByAnother => 12,
+    };
+    for (index, reason) in RejectReason::ALL.iter().enumerate() {
+        assert_eq!(position(*reason), index, "{}", reason.as_str());
+    }
+    let mut sorted = RejectReason::ALL;
+    sorted.sort();
+    assert_eq!(sorted, RejectReason::ALL, "declaration order is report order");
+}
