@@ -17,6 +17,7 @@
 //! - [`escrow_store`]: the escrow service's deposits, lease history and audit
 //!   index, embedded (redb) or on PostgreSQL.
 //! - [`escrow_wire`]: the escrow API's strict request parsers and canonical JSON.
+//! - [`hyper_io`]: `futures-io` streams seen as hyper I/O and back.
 //! - [`mirror`]: the blind-peer store of verified cores replicated from workers.
 //! - [`rt`]: the runtime hooks (spawner, timers) of the runtime-neutral services.
 //! - [`index`]: the relay index (one redb file per relay answering NIP-01 filters) and the live
@@ -29,6 +30,7 @@ pub mod drive;
 pub mod escrow_store;
 pub mod escrow_wire;
 pub mod framed;
+pub mod hyper_io;
 pub mod index;
 pub mod log;
 pub mod mirror;
