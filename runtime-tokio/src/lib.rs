@@ -38,3 +38,21 @@ pub mod worker_agent;
 /// ≈ 135 KiB; most Nostr frames fit in 4 KiB and a larger one grows the buffer
 /// (`docs/benchmarks.md`, decisions D115).
 pub(crate) const WEBSOCKET_READ_BUFFER_BYTES: usize = 4096;
+
+/// A [`Spawner`](hypergate_adapters::rt::Spawner) for the runtime-neutral services (the escrow
+/// client): tasks run on the tokio runtime current where they are spawned, else on the one
+/// current when this spawner was made. With neither, the task is dropped with an error log
+/// (the caller then sees its connection closed), never a panic.
+#[must_use]
+pub fn tokio_spawner() -> hypergate_adapters::rt::Spawner {
+    let made_in = tokio::runtime::Handle::try_current().ok();
+    hypergate_adapters::rt::Spawner::new(move |task| {
+        match tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| made_in.clone())
+        {
+            Some(runtime) => drop(runtime.spawn(task)),
+            None => tracing::error!("no tokio runtime to run a background task on; dropped"),
+        }
+    })
+}
