@@ -16,7 +16,11 @@
 //! - [`audit`]: the escrow's append-only, verifiable audit log on a hypercore.
 //! - [`escrow_store`]: the escrow service's deposits, lease history and audit
 //!   index, embedded (redb) or on PostgreSQL.
-//! - [`escrow_wire`]: the escrow API's strict request parsers and canonical JSON.
+//! - [`escrow_wire`]: the escrow API's strict request parsers, canonical JSON and request
+//!   signature.
+//! - [`escrow_client`]: the escrow API from the caller's side (gateway, worker), on any executor.
+//! - [`tls`]: the rustls provider and PEM loading shared by the escrow service and its client.
+//! - [`hyper_io`]: `futures-io` streams seen as hyper I/O and back.
 //! - [`mirror`]: the blind-peer store of verified cores replicated from workers.
 //! - [`rt`]: the runtime hooks (spawner, timers) of the runtime-neutral services.
 //! - [`index`]: the relay index (one redb file per relay answering NIP-01 filters) and the live
@@ -26,12 +30,15 @@ pub mod audit;
 pub mod clock;
 pub mod crypto;
 pub mod drive;
+pub mod escrow_client;
 pub mod escrow_store;
 pub mod escrow_wire;
 pub mod framed;
+pub mod hyper_io;
 pub mod index;
 pub mod log;
 pub mod mirror;
 pub mod peer_link;
 pub mod relay;
 pub mod rt;
+pub mod tls;

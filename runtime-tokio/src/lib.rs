@@ -39,11 +39,20 @@ pub mod worker_agent;
 /// (`docs/benchmarks.md`, decisions D115).
 pub(crate) const WEBSOCKET_READ_BUFFER_BYTES: usize = 4096;
 
-/// A spawner for the runtime-neutral services that starts their tasks on the current tokio
-/// runtime (call it from inside one).
+/// A [`Spawner`](hypergate_adapters::rt::Spawner) for the runtime-neutral services (the escrow
+/// client): tasks run on the tokio runtime current where they are spawned, else on the one
+/// current when this spawner was made. With neither, the task is dropped with an error log
+/// (the caller then sees its connection closed), never a panic.
+#[must_use]
 pub fn tokio_spawner() -> hypergate_adapters::rt::Spawner {
-    let runtime = tokio::runtime::Handle::current();
+    let made_in = tokio::runtime::Handle::try_current().ok();
     hypergate_adapters::rt::Spawner::new(move |task| {
-        runtime.spawn(task);
+        match tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| made_in.clone())
+        {
+            Some(runtime) => drop(runtime.spawn(task)),
+            None => tracing::error!("no tokio runtime to run a background task on; dropped"),
+        }
     })
 }

@@ -104,13 +104,16 @@ impl Escrow {
     fn client(&self, pki: &Pki, client: &str) -> EscrowClient {
         let mut tls = pki.client_tls(Some(client));
         tls.server_name = Some("localhost".into());
-        EscrowClient::new(EscrowClientConfig {
-            base_url: format!("https://127.0.0.1:{}/api/escrow", self.port),
-            client_id: client.into(),
-            secret: zeroize::Zeroizing::new(SHARED_SECRET.to_vec()),
-            tls: Some(tls),
-            request_timeout: Duration::from_secs(20),
-        })
+        EscrowClient::new(
+            EscrowClientConfig {
+                base_url: format!("https://127.0.0.1:{}/api/escrow", self.port),
+                client_id: client.into(),
+                secret: zeroize::Zeroizing::new(SHARED_SECRET.to_vec()),
+                tls: Some(tls),
+                request_timeout: Duration::from_secs(20),
+            },
+            hypergate_tokio::tokio_spawner(),
+        )
         .unwrap()
     }
 

@@ -126,13 +126,16 @@ async fn a_client_without_a_certificate_is_refused_at_the_tls_layer() {
     );
 
     // Plain HTTP to the TLS port gets no HTTP answer either.
-    let plain = EscrowClient::new(hypergate_tokio::escrow::EscrowClientConfig {
-        base_url: format!("http://127.0.0.1:{}/api/escrow", harness.addr.port()),
-        client_id: "gateway".into(),
-        secret: zeroize::Zeroizing::new(b"unused".to_vec()),
-        tls: None,
-        request_timeout: Duration::from_secs(20),
-    })
+    let plain = EscrowClient::new(
+        hypergate_tokio::escrow::EscrowClientConfig {
+            base_url: format!("http://127.0.0.1:{}/api/escrow", harness.addr.port()),
+            client_id: "gateway".into(),
+            secret: zeroize::Zeroizing::new(b"unused".to_vec()),
+            tls: None,
+            request_timeout: Duration::from_secs(20),
+        },
+        hypergate_tokio::tokio_spawner(),
+    )
     .unwrap();
     assert!(matches!(
         plain.health().await,

@@ -324,14 +324,17 @@ impl Up {
         )
         .unwrap();
         tls.server_name = Some("localhost".into());
-        let client = EscrowClient::new(EscrowClientConfig {
-            base_url: root.to_owned(),
-            client_id: "operator".into(),
-            // /metrics needs the client certificate, not a request signature.
-            secret: zeroize::Zeroizing::new(b"unused".to_vec()),
-            tls: Some(tls),
-            request_timeout: Duration::from_secs(10),
-        })
+        let client = EscrowClient::new(
+            EscrowClientConfig {
+                base_url: root.to_owned(),
+                client_id: "operator".into(),
+                // /metrics needs the client certificate, not a request signature.
+                secret: zeroize::Zeroizing::new(b"unused".to_vec()),
+                tls: Some(tls),
+                request_timeout: Duration::from_secs(10),
+            },
+            hypergate_tokio::tokio_spawner(),
+        )
         .unwrap();
         let response = client
             .send_raw(hyper::Method::GET, "/metrics", &[], bytes::Bytes::new())

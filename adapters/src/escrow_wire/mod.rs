@@ -16,6 +16,10 @@
 //!   [`deposit_signing_digest`]: SHA-256 of the [`stable_stringify`] of the
 //!   deposit body without its `ownerSignature` field. [`DepositRequest::verify_owner_signature`]
 //!   checks it.
+//! - **Request signature.** The HMAC headers every signed request carries are
+//!   [`signing`]'s; the service verifies them, the client makes them.
+
+pub mod signing;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -377,3 +377,12 @@ fn parsers_never_panic_on_arbitrary_bytes() {
         let _ = parse_revoke_request(&input);
     }
 }
+
+#[test]
+fn stable_stringify_sorts_keys_recursively_and_keeps_array_order() {
+    let value = json!({"b": [3, {"z": 1, "a": null}], "a": "x\"y", "c": {"y": true, "x": 1.5}});
+    assert_eq!(
+        stable_stringify(&value),
+        r#"{"a":"x\"y","b":[3,{"a":null,"z":1}],"c":{"x":1.5,"y":true}}"#
+    );
+}

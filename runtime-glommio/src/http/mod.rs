@@ -29,8 +29,10 @@
 //! not by hyper.
 
 pub mod head;
-pub mod io;
 pub mod websocket;
+/// The `futures-io` ⇄ hyper byte-stream adapters live in `hypergate_adapters::hyper_io` (the
+/// runtime-neutral escrow client uses them too).
+pub use hypergate_adapters::hyper_io as io;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -51,11 +53,11 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper::{Request, Response, StatusCode};
+use hypergate_adapters::hyper_io::HyperIo;
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::executor::{StartError, memlock_limit, plan_io_memory};
 use head::{FirstHead, HeadError, Replayed, RequestHead};
-use io::HyperIo;
 use websocket::ServerSocket;
 
 /// How often an idle accept loop checks whether it should stop.

@@ -5,7 +5,8 @@
 //! - A signed request carries `x-escrow-client-id`, `x-escrow-timestamp`
 //!   (milliseconds since the epoch, decimal), `x-escrow-nonce` (16–128
 //!   characters of `[A-Za-z0-9_-]`) and `x-escrow-signature`: lowercase hex of
-//!   `HMAC-SHA256(secret, "<timestamp>:<clientId>:<nonce>:<body>")`. The body
+//!   `HMAC-SHA256(secret, "<timestamp>:<clientId>:<nonce>:<body>")` (the format
+//!   is [`hypergate_adapters::escrow_wire::signing`], shared with the client). The body
 //!   is the exact request body; a GET signs `{}`. Clients send the body as
 //!   key-sorted compact JSON (the original's `stableStringify`), and the
 //!   server also accepts a signature over its own key-sorted re-serialisation
@@ -28,21 +29,15 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
-use hmac::{Hmac, Mac};
+use hypergate_adapters::escrow_wire::signing::signature_matches;
 use hypergate_core::ids::PeerId;
 use hypergate_core::time::{UnixTime, duration_millis};
 use serde_json::Value;
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
-/// The client id header.
-pub const CLIENT_ID_HEADER: &str = "x-escrow-client-id";
-/// The timestamp header (milliseconds since the epoch).
-pub const TIMESTAMP_HEADER: &str = "x-escrow-timestamp";
-/// The nonce header (new: the original had none).
-pub const NONCE_HEADER: &str = "x-escrow-nonce";
-/// The signature header (lowercase hex HMAC-SHA256).
-pub const SIGNATURE_HEADER: &str = "x-escrow-signature";
+pub use hypergate_adapters::escrow_wire::signing::{
+    CLIENT_ID_HEADER, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, signing_bytes,
+};
 /// How far a request's timestamp may be from the escrow's clock (the original's 5 minutes).
 pub const SIGNATURE_WINDOW: Duration = Duration::from_secs(5 * 60);
 /// The longest client id.
@@ -52,8 +47,6 @@ pub const NONCE_LEN: std::ops::RangeInclusive<usize> = 16..=128;
 /// How many nonces the replay cache holds at most; beyond that, requests are
 /// refused (503) rather than forgetting a nonce still inside its window.
 pub const DEFAULT_REPLAY_CAPACITY: usize = 200_000;
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// What a client may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -269,37 +262,6 @@ impl Authenticated {
 
 pub use hypergate_adapters::escrow_wire::stable_stringify;
 
-/// The bytes a request's MAC covers.
-#[must_use]
-pub fn signing_bytes(timestamp: u64, client_id: &str, nonce: &str, body: &[u8]) -> Vec<u8> {
-    let body: &[u8] = if body.is_empty() { b"{}" } else { body };
-    let mut bytes = format!("{timestamp}:{client_id}:{nonce}:").into_bytes();
-    bytes.extend_from_slice(body);
-    bytes
-}
-
-/// The `x-escrow-signature` value for a request.
-#[must_use]
-pub fn sign(secret: &[u8], timestamp: u64, client_id: &str, nonce: &str, body: &[u8]) -> String {
-    let mut mac = new_mac(secret);
-    mac.update(&signing_bytes(timestamp, client_id, nonce, body));
-    hex::encode(mac.finalize().into_bytes())
-}
-
-fn new_mac(secret: &[u8]) -> HmacSha256 {
-    // HMAC accepts keys of any length; the error type exists only for the trait.
-    match HmacSha256::new_from_slice(secret) {
-        Ok(mac) => mac,
-        Err(_) => unreachable!("HMAC-SHA256 takes keys of any length"),
-    }
-}
-
-fn mac_matches(secret: &[u8], signed: &[u8], signature: &[u8]) -> bool {
-    let mut mac = new_mac(secret);
-    mac.update(signed);
-    mac.verify_slice(signature).is_ok()
-}
-
 /// Nonces seen inside the window, per client.
 #[derive(Debug)]
 struct ReplayCache {
@@ -460,11 +422,11 @@ impl Authenticator {
             (None, None) => return Err(AuthError::UnknownClient),
         };
         let raw = signing_bytes(timestamp_ms, client_id, nonce, body);
-        let verified = mac_matches(secret, &raw, &signature_bytes)
+        let verified = signature_matches(secret, &raw, &signature_bytes)
             || serde_json::from_slice::<Value>(body).is_ok_and(|parsed| {
                 let canonical = stable_stringify(&parsed);
                 canonical.as_bytes() != body
-                    && mac_matches(
+                    && signature_matches(
                         secret,
                         &signing_bytes(timestamp_ms, client_id, nonce, canonical.as_bytes()),
                         &signature_bytes,

@@ -29,10 +29,11 @@
 //! [`wire`] (request parsers), [`service`] (state and the rules that keep it
 //! consistent), [`ops`] (the operations), [`handlers`] (routes), [`sweep`]
 //! (expiry at TTL), [`metrics`] (Prometheus), [`server`] (start, accept,
-//! shutdown), [`client`] (the API from the caller's side).
+//! shutdown), [`client`] (the API from the caller's side: runtime-neutral, in
+//! `hypergate_adapters::escrow_client`, re-exported here; build it with
+//! [`crate::tokio_spawner`]).
 
 pub mod auth;
-pub mod client;
 pub mod config;
 pub mod handlers;
 pub mod metrics;
@@ -46,6 +47,8 @@ pub use hypergate_adapters::escrow_wire as wire;
 
 pub use client::{EscrowClient, EscrowClientConfig};
 pub use config::{EscrowConfig, ServeArgs};
+/// The escrow client is runtime-neutral and lives in `hypergate_adapters::escrow_client`.
+pub use hypergate_adapters::escrow_client as client;
 pub use server::{EscrowServer, StartError, serve};
 pub use service::{EscrowService, ServiceError};
 pub use wire::{parse_deposit_request, parse_revoke_request, parse_unlock_request};

@@ -16,18 +16,19 @@
 //!   never takes the service down.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use rustls::RootCertStore;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::escrow::config::TlsFiles;
+
+/// PEM reading and the crypto provider are shared with the escrow client, in adapters.
+pub use hypergate_adapters::tls::{
+    PemError, provider, read_certificates, read_private_key, read_roots,
+};
 
 /// How long files must stay unchanged before a reload reads them.
 const SETTLE: Duration = Duration::from_millis(300);
@@ -36,61 +37,15 @@ const SETTLE: Duration = Duration::from_millis(300);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
-    /// A file could not be read or holds no PEM section of the needed kind.
-    #[error("{path}: {detail}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        detail: String,
-    },
+    /// A certificate, key or CA file could not be read or holds no PEM section of the needed kind.
+    #[error(transparent)]
+    Pem(#[from] PemError),
     /// rustls refused the certificates or key (e.g. the key does not match).
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
     /// The client-certificate verifier could not be built from the CA bundle.
     #[error("client certificate verifier: {0}")]
     Verifier(String),
-}
-
-fn file_error(path: &Path, detail: impl std::fmt::Display) -> TlsError {
-    TlsError::File {
-        path: path.to_owned(),
-        detail: detail.to_string(),
-    }
-}
-
-/// The ring crypto provider every TLS configuration of the escrow uses.
-#[must_use]
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Reads every certificate in a PEM file.
-pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certificates = CertificateDer::pem_file_iter(path)
-        .map_err(|error| file_error(path, error))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| file_error(path, error))?;
-    if certificates.is_empty() {
-        return Err(file_error(path, "no CERTIFICATE section"));
-    }
-    Ok(certificates)
-}
-
-/// Reads the first private key in a PEM file.
-pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|error| file_error(path, error))
-}
-
-/// A root store of every certificate in a PEM bundle.
-pub fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for certificate in read_certificates(path)? {
-        roots
-            .add(certificate)
-            .map_err(|error| file_error(path, error))?;
-    }
-    Ok(roots)
 }
 
 /// Builds the server configuration: the files' certificate and key, client

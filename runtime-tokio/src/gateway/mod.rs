@@ -152,12 +152,14 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<GatewayHandle> {
         .await
         .context("opening the mirror store")?;
     let operator = match options.escrow_operator {
-        Some(config) => Some(EscrowClient::new(config).context("escrow operator client")?),
+        Some(config) => Some(
+            EscrowClient::new(config, crate::tokio_spawner()).context("escrow operator client")?,
+        ),
         None => None,
     };
     let escrow = match options.escrow {
         Some(config) => Some(escrow_link::EscrowLink::new(
-            EscrowClient::new(config).context("escrow client")?,
+            EscrowClient::new(config, crate::tokio_spawner()).context("escrow client")?,
             operator,
         )),
         None => None,

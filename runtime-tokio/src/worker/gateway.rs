@@ -109,13 +109,16 @@ fn escrow_settings(options: &EscrowOptions, gateway: PeerId) -> anyhow::Result<E
         ),
         None => None,
     };
-    let client = EscrowClient::new(EscrowClientConfig {
-        base_url: options.url.clone(),
-        client_id: options.client_id.clone(),
-        secret,
-        tls,
-        request_timeout: Duration::from_secs(5),
-    })
+    let client = EscrowClient::new(
+        EscrowClientConfig {
+            base_url: options.url.clone(),
+            client_id: options.client_id.clone(),
+            secret,
+            tls,
+            request_timeout: Duration::from_secs(5),
+        },
+        crate::tokio_spawner(),
+    )
     .context("configuring the escrow client")?;
     Ok(EscrowSettings {
         client,

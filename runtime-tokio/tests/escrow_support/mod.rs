@@ -484,13 +484,16 @@ impl Harness {
     }
 
     fn client_at(&self, base_url: &str, client: &str, tls: ClientTls) -> EscrowClient {
-        EscrowClient::new(EscrowClientConfig {
-            base_url: base_url.to_owned(),
-            client_id: client.to_owned(),
-            secret: Zeroizing::new(SHARED_SECRET.to_vec()),
-            tls: Some(tls),
-            request_timeout: Duration::from_secs(20),
-        })
+        EscrowClient::new(
+            EscrowClientConfig {
+                base_url: base_url.to_owned(),
+                client_id: client.to_owned(),
+                secret: Zeroizing::new(SHARED_SECRET.to_vec()),
+                tls: Some(tls),
+                request_timeout: Duration::from_secs(20),
+            },
+            hypergate_tokio::tokio_spawner(),
+        )
         .unwrap()
     }
 

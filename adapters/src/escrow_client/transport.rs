@@ -1,17 +1,26 @@
 //! The client's HTTP/1.1 exchange: a small pool of kept-alive connections,
-//! each over rustls (client certificate) or plain TCP.
+//! each over rustls (client certificate) or plain TCP, on any executor.
+//!
+//! A connection is an `async-io` TCP stream (the host resolved off the
+//! executor), optionally wrapped in `futures-rustls`, seen by hyper through
+//! [`HyperIo`]; hyper's connection driver runs as a task of the client's
+//! spawner and ends when the connection closes or its sender is dropped.
 
+use std::io;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::PoisonError;
 
+use async_io::Async;
 use bytes::Bytes;
+use futures_io::{AsyncRead, AsyncWrite};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{ClientError, ClientTls, EscrowClient, MAX_RESPONSE_BYTES, POOL_SIZE, RawResponse};
-use crate::escrow::tls::provider;
+use crate::hyper_io::HyperIo;
+use crate::rt;
+use crate::tls::provider;
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -91,10 +100,9 @@ impl EscrowClient {
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
         let target = &self.inner.target;
-        let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+        let tcp = connect_tcp(&target.host, target.port)
             .await
             .map_err(|error| ClientError::Transport(format!("connect: {error}")))?;
-        let _ = tcp.set_nodelay(true);
         let io: Box<dyn Io> = match (&self.inner.connector, target.https) {
             (Some(connector), true) => Box::new(
                 connector
@@ -104,16 +112,41 @@ impl EscrowClient {
             ),
             _ => Box::new(tcp),
         };
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        let (sender, connection) = hyper::client::conn::http1::handshake(HyperIo(io))
             .await
             .map_err(|error| ClientError::Transport(describe(&error)))?;
-        tokio::spawn(async move {
+        self.inner.spawner.spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "escrow client connection ended");
             }
         });
         Ok(sender)
     }
+}
+
+/// A TCP connection to `host:port` with `TCP_NODELAY`: the name is resolved on the blocking
+/// pool, then each address is tried in turn (as `std` and tokio do), the last error kept.
+async fn connect_tcp(host: &str, port: u16) -> io::Result<Async<TcpStream>> {
+    let name = (host.to_owned(), port);
+    let addresses: Vec<SocketAddr> =
+        rt::unblock(move || name.to_socket_addrs().map(Iterator::collect)).await?;
+    let mut last_error = None;
+    for address in addresses {
+        match Async::<TcpStream>::connect(address).await {
+            Ok(stream) => {
+                // Requests are small and answered at once: do not let Nagle hold them back.
+                let _ = stream.get_ref().set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host} resolves to no address"),
+        )
+    }))
 }
 
 /// An error with its causes (where a TLS alert usually hides).

@@ -1,40 +1,60 @@
 //! [`EscrowClient`]: the escrow API from the caller's side, for the gateway,
 //! the worker and the tests. It speaks HTTP/1.1 over rustls with a client
 //! certificate (or plain HTTP for a development escrow), signs every request
-//! (HMAC headers with a fresh nonce), builds and signs deposits, generates a
-//! one-time X25519 session key per unlock and opens the sealed lease with it.
+//! (HMAC headers with a fresh nonce), builds and signs deposits ([`deposit_body`]),
+//! generates a one-time X25519 session key per unlock and opens the sealed lease with it.
 //!
-//! Connections are kept alive and reused (a small pool); a request that
-//! fails because a pooled connection had just been closed is retried once on
-//! a fresh connection, signed again with a new nonce. Secrets (the HMAC
-//! secret, the session key, the opened writer key) stay in zeroizing memory
-//! and never appear in errors or `Debug` output.
+//! Contract:
+//! - **Any executor.** The client needs no runtime of its own: TCP is
+//!   `async-io`, TLS is `futures-rustls`, timers are [`rt::timeout`], host
+//!   names are resolved with [`rt::unblock`], and the one background task per
+//!   connection (hyper's HTTP/1 connection driver) is started with the
+//!   [`rt::Spawner`] given to [`EscrowClient::new`]. Its futures are `Send`.
+//! - **Bounded.** Every call ends within the request timeout
+//!   ([`ClientError::Timeout`]); answers over 4 MiB are refused unread past the limit.
+//! - **Pooled.** Connections are kept alive and reused (at most 8 idle); a
+//!   signed request that fails because a pooled connection had just been
+//!   closed is retried once on a fresh connection, signed again with a new nonce.
+//! - **Secrets** (the HMAC secret, the session key, the opened writer key)
+//!   stay in zeroizing memory and never appear in errors or `Debug` output.
+//!
+//! Files: `config` (settings, PEM loading), `deposit` (deposit bodies),
+//! `transport` (connections and the HTTP exchange).
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use crypto_box::aead::OsRng;
-use ed25519_dalek::{Signer, SigningKey};
+use futures_rustls::TlsConnector;
 use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Uri};
-use hypergate_adapters::crypto::{PackageError, SealedEnvelope, WriterPackage};
 use hypergate_core::escrow::{Evidence, PolicyConfig};
 use hypergate_core::ids::{PeerId, RelayKey};
 use hypergate_core::lease::LeaseId;
 use hypergate_core::time::UnixTime;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use serde_json::{Map, Value, json};
-use tokio_rustls::TlsConnector;
 use zeroize::Zeroizing;
 
-use crate::escrow::auth::{
-    CLIENT_ID_HEADER, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, stable_stringify,
+use crate::clock::{Clock as _, SystemClock};
+use crate::crypto::{PackageError, SealedEnvelope, WriterPackage};
+use crate::escrow_wire::signing::{
+    CLIENT_ID_HEADER, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign,
 };
-use crate::escrow::tls::{read_certificates, read_private_key, read_roots};
-use crate::escrow::wire::deposit_signing_digest;
+use crate::escrow_wire::stable_stringify;
+use crate::rt;
+
+mod config;
+mod deposit;
+mod transport;
+
+pub use config::{ClientTls, EscrowClientConfig};
+pub use deposit::{DepositParams, deposit_body, sign_deposit};
+use transport::client_config;
 
 /// The largest response body read.
 const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
@@ -75,110 +95,6 @@ pub enum ClientError {
     /// The client configuration is unusable.
     #[error("escrow client configuration: {0}")]
     Config(String),
-}
-
-/// Client-side TLS: the CA that signs the escrow's certificate, and this
-/// client's certificate and key (mandatory for a real escrow).
-#[derive(Clone)]
-pub struct ClientTls {
-    /// Roots the server's certificate must chain to.
-    pub roots: rustls::RootCertStore,
-    /// This client's certificate chain and key; `None` sends no certificate
-    /// (the escrow will refuse the handshake).
-    pub identity: Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>,
-    /// The name to verify the server certificate for; defaults to the URL's host.
-    pub server_name: Option<String>,
-}
-
-impl fmt::Debug for ClientTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientTls")
-            .field("roots", &self.roots.len())
-            .field("identity", &self.identity.is_some())
-            .field("server_name", &self.server_name)
-            .finish()
-    }
-}
-
-impl ClientTls {
-    /// Reads PEM files: the CA bundle, and optionally this client's certificate and key.
-    pub fn from_pem_files(
-        ca: &std::path::Path,
-        identity: Option<(&std::path::Path, &std::path::Path)>,
-    ) -> Result<Self, ClientError> {
-        let config = |error: crate::escrow::tls::TlsError| ClientError::Config(error.to_string());
-        let identity = match identity {
-            Some((cert, key)) => Some((
-                read_certificates(cert).map_err(config)?,
-                Arc::new(read_private_key(key).map_err(config)?),
-            )),
-            None => None,
-        };
-        Ok(Self {
-            roots: read_roots(ca).map_err(config)?,
-            identity,
-            server_name: None,
-        })
-    }
-}
-
-/// How to reach and authenticate to the escrow.
-#[derive(Clone)]
-pub struct EscrowClientConfig {
-    /// `https://host:port/api/escrow` (or `http://` for a development escrow).
-    pub base_url: String,
-    /// The client id on the escrow's allow-list.
-    pub client_id: String,
-    /// The HMAC secret (the client's own or the shared one).
-    pub secret: Zeroizing<Vec<u8>>,
-    /// TLS settings; required for `https://`.
-    pub tls: Option<ClientTls>,
-    /// Bound on each call (the original's unused 5 s `requestTimeoutMs`).
-    pub request_timeout: Duration,
-}
-
-impl fmt::Debug for EscrowClientConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EscrowClientConfig")
-            .field("base_url", &self.base_url)
-            .field("client_id", &self.client_id)
-            .field("tls", &self.tls)
-            .finish_non_exhaustive()
-    }
-}
-
-impl EscrowClientConfig {
-    /// The settings of a client whose HMAC secret and TLS material are files: the secret is
-    /// trimmed and must not be empty; `ca` is required for `https://`; `identity` is this
-    /// client's certificate and key (PEM).
-    pub fn from_files(
-        base_url: &str,
-        client_id: &str,
-        secret_file: &std::path::Path,
-        ca: Option<&std::path::Path>,
-        identity: Option<(&std::path::Path, &std::path::Path)>,
-    ) -> Result<Self, ClientError> {
-        let secret = std::fs::read_to_string(secret_file)
-            .map_err(|e| ClientError::Config(format!("reading {}: {e}", secret_file.display())))?;
-        let secret = Zeroizing::new(secret.trim().as_bytes().to_vec());
-        if secret.is_empty() {
-            return Err(ClientError::Config(format!(
-                "{} is empty",
-                secret_file.display()
-            )));
-        }
-        let tls = match ca {
-            Some(ca) => Some(ClientTls::from_pem_files(ca, identity)?),
-            None => None,
-        };
-        Ok(Self {
-            base_url: base_url.to_owned(),
-            client_id: client_id.to_owned(),
-            secret,
-            tls,
-            request_timeout: Duration::from_secs(5),
-        })
-    }
 }
 
 /// An HTTP answer, as read.
@@ -259,71 +175,6 @@ pub enum RevokeBy {
     Owner(PeerId),
 }
 
-/// The pieces of a deposit a worker provides.
-#[derive(Debug)]
-pub struct DepositParams<'a> {
-    /// The package to seal (it carries the writer secret).
-    pub package: &'a WriterPackage,
-    /// The relay's owner key: signs the deposit.
-    pub relay_key: &'a SigningKey,
-    /// The gateways allowed to unlock it.
-    pub permitted_requesters: &'a [PeerId],
-    /// The expiry asked for (the escrow clamps it).
-    pub expires_at: Option<UnixTime>,
-    /// Now, by the worker's clock (signed; must be within 5 minutes of the escrow's).
-    pub created_at: UnixTime,
-}
-
-/// Builds a signed deposit body for the escrow whose key is `escrow_public`.
-pub fn deposit_body(
-    escrow: &EscrowPolicy,
-    params: &DepositParams<'_>,
-) -> Result<Value, ClientError> {
-    let package = params.package;
-    let sealed = package.seal_to(&escrow.public_key, &mut OsRng)?;
-    let body = json!({
-        "relayKey": package.relay_key.to_hex(),
-        "ownerPeerKey": package.owner_peer_key.to_hex(),
-        "encryptedPackage": sealed,
-        "policyVersion": escrow.policy.version,
-        "metadata": {
-            "identifier": package.metadata.identifier,
-            "name": package.metadata.name,
-            "writerHash": package.writer_hash(),
-        },
-        "unlockConditions": {
-            "peerLivenessTimeoutMs": hypergate_core::time::duration_millis(escrow.policy.peer_liveness_timeout),
-            "mirrorFreshnessMaxLagMs": hypergate_core::time::duration_millis(escrow.policy.mirror_freshness_max_lag),
-        },
-        "permittedRequesters": params.permitted_requesters.iter().map(PeerId::to_hex).collect::<Vec<_>>(),
-        "expiresAt": params.expires_at.map(|at| at.0),
-        "createdAt": params.created_at.0,
-    });
-    sign_deposit(body, params.relay_key)
-}
-
-/// Adds `ownerSignature` to a deposit body (the relay key signs the SHA-256
-/// of the stable-stringified body without that field).
-pub fn sign_deposit(body: Value, relay_key: &SigningKey) -> Result<Value, ClientError> {
-    let Value::Object(mut map) = body else {
-        return Err(ClientError::Config(
-            "a deposit body is a JSON object".into(),
-        ));
-    };
-    map.remove("ownerSignature");
-    let digest = deposit_signing_digest(&map);
-    let signature = relay_key.sign(&digest);
-    map.insert(
-        "ownerSignature".into(),
-        Value::String(hex::encode(signature.to_bytes())),
-    );
-    Ok(Value::Object(map))
-}
-
-mod transport;
-
-use transport::client_config;
-
 struct Target {
     https: bool,
     host: String,
@@ -343,6 +194,7 @@ struct Inner {
     client_id: String,
     secret: Zeroizing<Vec<u8>>,
     connector: Option<TlsConnector>,
+    spawner: rt::Spawner,
     timeout: Duration,
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
 }
@@ -360,8 +212,9 @@ impl fmt::Debug for EscrowClient {
 }
 
 impl EscrowClient {
-    /// A client for `config.base_url`.
-    pub fn new(config: EscrowClientConfig) -> Result<Self, ClientError> {
+    /// A client for `config.base_url`; each new connection's background task is started
+    /// with `spawner`.
+    pub fn new(config: EscrowClientConfig, spawner: rt::Spawner) -> Result<Self, ClientError> {
         let uri: Uri = config
             .base_url
             .parse()
@@ -408,6 +261,7 @@ impl EscrowClient {
                 client_id: config.client_id,
                 secret: config.secret,
                 connector,
+                spawner,
                 timeout: config.request_timeout,
                 idle: Mutex::new(Vec::new()),
             }),
@@ -417,7 +271,7 @@ impl EscrowClient {
     /// The signing headers for `body` with a fresh nonce, now.
     #[must_use]
     pub fn signing_headers(&self, body: &[u8]) -> Vec<(&'static str, String)> {
-        let timestamp = crate::escrow::unix_now().0;
+        let timestamp = SystemClock.unix_now().0;
         let mut nonce = [0u8; 16];
         crypto_box::aead::rand_core::RngCore::fill_bytes(&mut OsRng, &mut nonce);
         let nonce = hex::encode(nonce);
@@ -445,7 +299,7 @@ impl EscrowClient {
         headers: &[(&str, String)],
         body: Bytes,
     ) -> Result<RawResponse, ClientError> {
-        tokio::time::timeout(
+        rt::timeout(
             self.inner.timeout,
             self.exchange(&method, path, headers, &body),
         )
@@ -481,7 +335,7 @@ impl EscrowClient {
                 }
             }
         };
-        tokio::time::timeout(self.inner.timeout, call)
+        rt::timeout(self.inner.timeout, call)
             .await
             .map_err(|_| ClientError::Timeout(self.inner.timeout))?
     }
@@ -504,7 +358,6 @@ impl EscrowClient {
         let key_text = json["publicKey"]
             .as_str()
             .ok_or_else(|| ClientError::Decode("publicKey missing".into()))?;
-        use base64::Engine as _;
         let key = base64::engine::general_purpose::STANDARD
             .decode(key_text)
             .ok()
@@ -532,19 +385,12 @@ impl EscrowClient {
         escrow_public: &crypto_box::PublicKey,
     ) -> Result<OpenedLease, ClientError> {
         let session = crypto_box::SecretKey::generate(&mut OsRng);
-        use base64::Engine as _;
-        let mut body = json!({
+        let body = json!({
             "relayKey": relay.to_hex(),
             "sessionPublicKey": base64::engine::general_purpose::STANDARD.encode(session.public_key().as_bytes()),
             "evidence": evidence,
         });
-        if let Some(requester) = requester {
-            body["requesterId"] = Value::String(requester.to_hex());
-        }
-        let json = self
-            .send_signed(Method::POST, "/escrow/unlock", Some(&body))
-            .await?
-            .into_result()?;
+        let json = self.post_as("/escrow/unlock", body, requester).await?;
         let field = |key: &str| {
             json.get(key)
                 .ok_or_else(|| ClientError::Decode(format!("{key} missing")))
@@ -584,14 +430,8 @@ impl EscrowClient {
         requester: Option<PeerId>,
         evidence: &Evidence,
     ) -> Result<UnixTime, ClientError> {
-        let mut body = json!({"leaseId": lease.to_string(), "evidence": evidence});
-        if let Some(requester) = requester {
-            body["requesterId"] = Value::String(requester.to_hex());
-        }
-        let json = self
-            .send_signed(Method::POST, "/escrow/renew", Some(&body))
-            .await?
-            .into_result()?;
+        let body = json!({"leaseId": lease.to_string(), "evidence": evidence});
+        let json = self.post_as("/escrow/renew", body, requester).await?;
         json["expiresAt"]
             .as_u64()
             .map(UnixTime)
@@ -605,13 +445,9 @@ impl EscrowClient {
         requester: Option<PeerId>,
         reason: &str,
     ) -> Result<(), ClientError> {
-        let mut body = json!({"leaseId": lease.to_string(), "reason": reason});
-        if let Some(requester) = requester {
-            body["requesterId"] = Value::String(requester.to_hex());
-        }
-        self.send_signed(Method::POST, "/escrow/release", Some(&body))
-            .await?
-            .into_result()
+        let body = json!({"leaseId": lease.to_string(), "reason": reason});
+        self.post_as("/escrow/release", body, requester)
+            .await
             .map(drop)
     }
 
@@ -647,6 +483,21 @@ impl EscrowClient {
             .as_array()
             .cloned()
             .ok_or_else(|| ClientError::Decode("leases missing".into()))
+    }
+
+    /// A signed `POST` of `body` (with `requesterId` when given); the 2xx answer's JSON.
+    async fn post_as(
+        &self,
+        path: &str,
+        mut body: Value,
+        requester: Option<PeerId>,
+    ) -> Result<Value, ClientError> {
+        if let Some(requester) = requester {
+            body["requesterId"] = Value::String(requester.to_hex());
+        }
+        self.send_signed(Method::POST, path, Some(&body))
+            .await?
+            .into_result()
     }
 }
 

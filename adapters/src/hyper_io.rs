@@ -1,7 +1,11 @@
-//! Byte-stream adapters between glommio's `futures-io` sockets and hyper's
-//! own I/O traits, both ways, without `unsafe`: reads go through a small
-//! stack buffer and are copied into hyper's cursor (one memcpy per read; the
-//! io_uring read itself dominates).
+//! Byte-stream adapters between `futures-io` streams and hyper's own I/O
+//! traits, both ways, so hyper runs on any executor: the glommio gateway's
+//! sockets and the escrow client's `async-io` / `futures-rustls` streams.
+//!
+//! Contract: bytes pass through unchanged and in order; `poll_shutdown` is
+//! `poll_close` and back; errors are the stream's own. No `unsafe`: reads go
+//! through a small stack buffer and are copied into hyper's cursor (one
+//! memcpy per read; the socket read itself dominates).
 
 use std::io;
 use std::pin::Pin;
@@ -12,7 +16,7 @@ use futures_io::{AsyncRead, AsyncWrite};
 /// Bytes copied per read.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// A `futures-io` stream (a glommio `TcpStream`) seen as hyper I/O.
+/// A `futures-io` stream (a glommio `TcpStream`, a TLS stream) seen as hyper I/O.
 #[derive(Debug)]
 pub struct HyperIo<S>(pub S);
 
