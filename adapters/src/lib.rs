@@ -23,6 +23,8 @@
 //! - [`hyper_io`]: `futures-io` streams seen as hyper I/O and back.
 //! - [`mirror`]: the blind-peer store of verified cores replicated from workers.
 //! - [`rt`]: the runtime hooks (spawner, timers) of the runtime-neutral services.
+//! - [`gateway`]: the gateway service (client sessions, worker links, replica mode, leased
+//!   writes, HTTP routes), driven by the tokio or the glommio runtime.
 //! - [`index`]: the relay index (one redb file per relay answering NIP-01 filters) and the live
 //!   feed of newly visible events.
 
@@ -34,6 +36,7 @@ pub mod escrow_client;
 pub mod escrow_store;
 pub mod escrow_wire;
 pub mod framed;
+pub mod gateway;
 pub mod hyper_io;
 pub mod index;
 pub mod log;

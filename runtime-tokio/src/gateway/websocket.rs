@@ -1,5 +1,5 @@
 //! The tokio driver's relay URLs: a WebSocket upgrade through axum becomes a client session
-//! ([`clients::serve`] over axum's socket); any other GET answers the relay's page.
+//! of the service (over axum's socket); any other GET answers the relay's page.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,47 +7,46 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as WsMessage};
-use axum::extract::{ConnectInfo, Path, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, WebSocketUpgrade};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use axum::routing::get;
 use futures_util::{SinkExt as _, StreamExt as _, future};
-
-use super::clients::{self, FromClient, ToClient};
-use super::http::{self, HttpState};
+use hypergate_adapters::gateway::{FromClient, GatewayService, HttpState, ToClient};
 
 /// `GET /relay/{relayKey}` and the original's `GET /{a}/{b}` (the relay named by its
 /// identifier `a:b`).
-pub(crate) fn relay_routes() -> Router<Arc<HttpState>> {
+pub(crate) fn relay_routes(service: Arc<GatewayService>) -> Router<Arc<HttpState>> {
+    let by_alias = Arc::clone(&service);
     Router::new()
-        .route("/relay/{relay_key}", get(relay))
-        .route("/{a}/{b}", get(relay_alias))
-}
-
-async fn relay(
-    State(state): State<Arc<HttpState>>,
-    Path(relay_key): Path<String>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    uri: Uri,
-    headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    serve(&state, relay_key, remote, &uri, &headers, upgrade)
-}
-
-async fn relay_alias(
-    State(state): State<Arc<HttpState>>,
-    Path((a, b)): Path<(String, String)>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    uri: Uri,
-    headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    serve(&state, format!("{a}:{b}"), remote, &uri, &headers, upgrade)
+        .route(
+            "/relay/{relay_key}",
+            get(
+                move |Path(relay_key): Path<String>,
+                      ConnectInfo(remote): ConnectInfo<SocketAddr>,
+                      uri: Uri,
+                      headers: HeaderMap,
+                      upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>| async move {
+                    serve(&service, relay_key, remote, &uri, &headers, upgrade)
+                },
+            ),
+        )
+        .route(
+            "/{a}/{b}",
+            get(
+                move |Path((a, b)): Path<(String, String)>,
+                      ConnectInfo(remote): ConnectInfo<SocketAddr>,
+                      uri: Uri,
+                      headers: HeaderMap,
+                      upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>| async move {
+                    serve(&by_alias, format!("{a}:{b}"), remote, &uri, &headers, upgrade)
+                },
+            ),
+        )
 }
 
 fn serve(
-    state: &Arc<HttpState>,
+    service: &Arc<GatewayService>,
     relay_name: String,
     remote: SocketAddr,
     uri: &Uri,
@@ -55,26 +54,20 @@ fn serve(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Ok(upgrade) = upgrade else {
-        return http::relay_page(state, &relay_name, headers);
+        return service.relay_page(&relay_name, headers);
     };
-    let (access, slot) = http::admit_websocket(state, &relay_name, remote.ip(), uri, headers);
-    let cap = http::websocket_message_cap(state);
-    let shared = Arc::clone(&state.shared);
-    let config = state.client;
-    let shutdown = state.shutdown.clone();
+    let admission = service.admit_websocket(relay_name, remote.ip(), uri, headers);
+    let cap = service.websocket_message_cap();
+    let service = Arc::clone(service);
     upgrade
         .max_message_size(cap)
         .max_frame_size(cap)
         .read_buffer_size(crate::WEBSOCKET_READ_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
-            let _slot = slot;
             let (sink, stream) = socket.split();
             let outgoing = sink.with(|frame| future::ready(Ok::<_, axum::Error>(to_axum(frame))));
             let incoming = stream.map(from_axum);
-            clients::serve(
-                outgoing, incoming, shared, relay_name, config, access, shutdown,
-            )
-            .await;
+            service.serve_client(admission, outgoing, incoming).await;
         })
 }
 

@@ -29,7 +29,7 @@ mod connection;
 pub mod data_dir;
 mod gateway;
 mod server;
-pub(crate) use server::accepts_nostr_json;
+pub(crate) use hypergate_adapters::gateway::accepts_nostr_json;
 pub(crate) mod session_pump;
 pub mod status;
 pub mod store;

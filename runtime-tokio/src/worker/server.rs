@@ -23,8 +23,8 @@ use hypergate_adapters::relay::RelayHost;
 use hypergate_core::ids::RelayKey;
 use tokio::sync::{Mutex, watch};
 
-use super::WorkerStore;
 use super::connection::{self, ConnectionConfig};
+use super::{WorkerStore, accepts_nostr_json};
 use crate::worker_agent::{RelayDrives, WorkerAgentHandle, WorkerStatus};
 
 /// One relay as the server sees it.
@@ -168,20 +168,6 @@ fn serve(
         ),
     )
         .into_response()
-}
-
-/// Whether the request asks for the NIP-11 document (`Accept: application/nostr+json`).
-pub(crate) fn accepts_nostr_json(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|item| {
-            item.split(';')
-                .next()
-                .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/nostr+json"))
-        })
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

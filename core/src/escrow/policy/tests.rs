@@ -509,5 +509,9 @@ fn every_reject_reason_is_listed_once_in_report_order() {
     }
     let mut sorted = RejectReason::ALL;
     sorted.sort();
-    assert_eq!(sorted, RejectReason::ALL, "declaration order is report order");
+    assert_eq!(
+        sorted,
+        RejectReason::ALL,
+        "declaration order is report order"
+    );
 }

@@ -24,11 +24,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::drive::{DriveEntry, GatewayDrives};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use hypergate_adapters::drive::{DriveEntry, GatewayDrives};
 use hypergate_core::gateway::WriteVerdict;
 use hypergate_core::ids::{PeerId, RelayKey};
 use hypergate_core::registry::PendingMark;
@@ -112,7 +112,7 @@ pub(crate) async fn worker_request(
         headers: BoundedVec::new(headers).ok()?,
         body: BoundedBytes::new(body).ok()?,
     });
-    match hypergate_adapters::rt::timeout(PEER_TIMEOUT, link.request(request)).await {
+    match crate::rt::timeout(PEER_TIMEOUT, link.request(request)).await {
         Ok(Ok(Message::HttpResponse(response))) => Some(response),
         _ => None,
     }
@@ -251,7 +251,7 @@ pub(crate) async fn lease_for_write(
     });
     match decision {
         Ok(Ok(epoch)) => Ok(permit(epoch)),
-        Ok(Err(waiting)) => match hypergate_adapters::rt::timeout(LEASE_WAIT, waiting).await {
+        Ok(Err(waiting)) => match crate::rt::timeout(LEASE_WAIT, waiting).await {
             Ok(Ok(WriteDecision::Append(epoch))) => Ok(permit(epoch)),
             Ok(Ok(WriteDecision::ReadOnly(reason))) => Err(missing(reason)),
             Ok(Err(_)) | Err(_) => Err(missing("the escrow did not answer in time".into())),

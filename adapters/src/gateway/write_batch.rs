@@ -12,11 +12,11 @@
 //! writer keys (a rotation between them) are stored in separate appends, in order; only the
 //! batcher appends gateway writes, so a planned batch cannot race another.
 //!
-//! [`RelayHost::plan_batch`]: hypergate_adapters::relay::RelayHost::plan_batch
+//! [`RelayHost::plan_batch`]: crate::relay::RelayHost::plan_batch
 
 use std::sync::{Arc, Weak};
 
-use hypergate_adapters::rt::Spawner;
+use crate::rt::Spawner;
 use hypergate_core::ids::RelayKey;
 use hypergate_core::nostr::Event;
 use hypergate_core::registry::PendingMark;
@@ -25,7 +25,7 @@ use hypergate_core::session::PublishOutcome;
 use hypergate_core::wire::PendingType;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use hypergate_adapters::relay::RelayStore as _;
+use crate::relay::RelayStore as _;
 
 use super::replica::{MirrorSource, ReplicaHost};
 use super::state::Shared;

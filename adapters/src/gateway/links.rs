@@ -20,24 +20,18 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use hypergate_adapters::crypto::Identity;
-use hypergate_adapters::log::RangeRequest;
-use hypergate_adapters::mirror::{CoreAnnouncement, CoreKey};
-use hypergate_adapters::peer_link::{
-    AcceptPolicy, CloseCode, Inbound, LinkConfig, PeerLink, accept,
-};
+use crate::log::RangeRequest;
+use crate::mirror::{CoreAnnouncement, CoreKey};
+use crate::peer_link::{CloseCode, Inbound, PeerLink};
 use hypergate_core::ids::PeerId;
 use hypergate_core::wire::{
     BoundedString, CoreAdvert, ErrorCode, ErrorMessage, Frame, MAX_MIRROR_BLOCKS_PER_RANGE,
     Message, MirrorProofRequest, MirrorRangeRequest,
 };
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
 use super::link_queue::{LinkQueue, write_frames};
 use super::state::Shared;
-use hypergate_adapters::mirror::wire::{decode_mirror_response, pack_proofs, proof_request};
+use crate::mirror::wire::{decode_mirror_response, pack_proofs, proof_request};
 
 /// How long one mirror pull request may wait for the worker's answer.
 const PULL_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -66,55 +60,13 @@ impl Pulling {
     }
 }
 
-/// Accepts worker links until shutdown.
-pub(crate) async fn serve(
+/// Serves one established worker link until it ends.
+pub(crate) async fn serve_link(
     shared: Arc<Shared>,
-    listener: TcpListener,
-    policy: Arc<AcceptPolicy>,
-    link_config: LinkConfig,
-    mut shutdown: watch::Receiver<bool>,
+    pulling: Arc<Pulling>,
+    link: PeerLink,
+    inbound: Inbound,
 ) {
-    let pulling = Arc::new(Pulling::default());
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => return,
-        };
-        let (stream, remote) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "peer-link accept failed");
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = Arc::clone(&shared);
-        let policy = Arc::clone(&policy);
-        let pulling = Arc::clone(&pulling);
-        let identity: &Identity = &shared.identity;
-        let handshake = accept(
-            stream.compat(),
-            identity,
-            &policy,
-            &link_config,
-            tokio::time::sleep,
-        );
-        match handshake.await {
-            Ok(established) => {
-                tokio::spawn(established.driver.run());
-                tokio::spawn(serve_link(
-                    shared,
-                    pulling,
-                    established.link,
-                    established.inbound,
-                ));
-            }
-            Err(error) => tracing::info!(%remote, %error, "peer-link handshake refused"),
-        }
-    }
-}
-
-async fn serve_link(shared: Arc<Shared>, pulling: Arc<Pulling>, link: PeerLink, inbound: Inbound) {
     let peer = link.remote();
     let own_queue = Arc::new(LinkQueue::new());
     let writer = {
@@ -245,7 +197,7 @@ async fn pull(shared: Arc<Shared>, pulling: Arc<Pulling>, link: PeerLink, core: 
         // Bounded: a worker that never answers must not hold this core's pull (and with it every
         // later advertisement of the core) for as long as its link lives; an unanswered request
         // is asked again from where the mirror stands, a few times.
-        let answer = hypergate_adapters::rt::timeout(
+        let answer = crate::rt::timeout(
             PULL_ANSWER_TIMEOUT,
             link.request(Message::MirrorProofRequest(request)),
         )

@@ -22,12 +22,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use hypergate_adapters::clock::{Clock, SystemClock};
-use hypergate_adapters::crypto::{Identity, LeaseVault};
-use hypergate_adapters::drive::GatewayDrives;
-use hypergate_adapters::mirror::MirrorStore;
-use hypergate_adapters::peer_link::{CloseCode, PeerLink};
-use hypergate_adapters::rt::{self, Spawner};
+use crate::clock::{Clock, SystemClock};
+use crate::crypto::{Identity, LeaseVault};
+use crate::drive::GatewayDrives;
+use crate::mirror::MirrorStore;
+use crate::peer_link::{CloseCode, PeerLink};
+use crate::rt::{self, Spawner};
 use hypergate_core::fair_queue::{Flow, Refused};
 use hypergate_core::gateway::{Gateway, GatewayEvent, WriteId};
 use hypergate_core::ids::PeerId;

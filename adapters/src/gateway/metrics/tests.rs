@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use hypergate_adapters::mirror::{
-    CoreAnnouncement, CoreKey, MirrorConfig, MirrorStore, Registered,
-};
+use crate::mirror::{CoreAnnouncement, CoreKey, MirrorConfig, MirrorStore, Registered};
 use hypergate_core::gateway::GatewayEvent;
 use hypergate_core::ids::{PeerId, RelayKey};
 use hypergate_core::push::PushEvent;
@@ -13,7 +11,7 @@ use hypergate_core::time::UnixTime;
 use hypergate_core::wire::{CoreRole, PendingState};
 
 use super::{GatewayMetrics, MirrorSnapshot};
-use crate::escrow::client::ClientError;
+use crate::escrow_client::ClientError;
 
 const RELAY: RelayKey = RelayKey([7; 32]);
 

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use hypergate_adapters::mirror::LeasedWriter;
+use crate::mirror::LeasedWriter;
 use hypergate_core::escrow::Evidence;
 use hypergate_core::ids::RelayKey;
 use hypergate_core::lease::{LeaseGrant, LeaseId};
@@ -23,8 +23,8 @@ use hypergate_core::time::UnixTime;
 
 use super::replica::Leased;
 use super::state::Shared;
-use crate::escrow::EscrowClient;
-use crate::escrow::client::{ClientError, RevokeBy};
+use crate::escrow_client::EscrowClient;
+use crate::escrow_client::{ClientError, RevokeBy};
 
 /// The escrow client and what the gateway remembers about its leases.
 pub(crate) struct EscrowLink {

@@ -29,10 +29,9 @@ use super::clients::ClientConfig;
 use super::metrics::MirrorSnapshot;
 use super::state::Shared;
 use super::{artifacts, drive, operator};
-use crate::worker::accepts_nostr_json;
 
-/// What the handlers share.
-pub(crate) struct HttpState {
+/// What the HTTP handlers share (the state of the service's axum routes).
+pub struct HttpState {
     pub(crate) shared: Arc<Shared>,
     pub(crate) client: ClientConfig,
     pub(crate) admin_token: Option<String>,
@@ -131,7 +130,6 @@ pub(crate) fn routes() -> Router<Arc<HttpState>> {
 
 /// The relay routes without WebSocket upgrades (a driver that upgrades before routing):
 /// `GET /relay/{relayKey}` and `GET /{a}/{b}` answer [`relay_page`].
-#[allow(dead_code)] // the glommio driver's, next
 pub(crate) fn relay_page_routes() -> Router<Arc<HttpState>> {
     Router::new()
         .route(
@@ -177,14 +175,13 @@ const MIRROR_SCRAPE_WAIT: std::time::Duration = std::time::Duration::from_secs(1
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     let shared = &state.shared;
     // The mirror first, without the core lock (never hold both).
-    let mirror =
-        match hypergate_adapters::rt::timeout(MIRROR_SCRAPE_WAIT, shared.mirror.lock()).await {
-            Ok(store) => Some(MirrorSnapshot::of(&store, shared.unix_now())),
-            Err(_) => {
-                tracing::debug!("mirror store busy: mirror gauges not refreshed this scrape");
-                None
-            }
-        };
+    let mirror = match crate::rt::timeout(MIRROR_SCRAPE_WAIT, shared.mirror.lock()).await {
+        Ok(store) => Some(MirrorSnapshot::of(&store, shared.unix_now())),
+        Err(_) => {
+            tracing::debug!("mirror store busy: mirror gauges not refreshed this scrape");
+            None
+        }
+    };
     let now = shared.clock_now();
     let unix_now = shared.unix_now();
     let text = shared.read_core(|core| shared.metrics.render(core, mirror.as_ref(), now, unix_now));
@@ -292,8 +289,8 @@ pub(crate) fn relay_page(state: &HttpState, relay_name: &str, headers: &HeaderMa
             format!("hypergate relay {}", relay.short()),
             format!("Nostr relay {relay}, served through a hypergate gateway"),
             &state.client.session,
-            hypergate_adapters::index::QueryLimits::default().default_limit,
-            hypergate_adapters::index::QueryLimits::default().max_limit,
+            crate::index::QueryLimits::default().default_limit,
+            crate::index::QueryLimits::default().max_limit,
             true,
         );
         return (
@@ -319,4 +316,18 @@ pub(crate) fn relay_page(state: &HttpState, relay_name: &str, headers: &HeaderMa
 
 pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+/// Whether the request asks for the NIP-11 document (`Accept: application/nostr+json`).
+pub fn accepts_nostr_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| {
+            item.split(';')
+                .next()
+                .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/nostr+json"))
+        })
 }

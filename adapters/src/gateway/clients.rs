@@ -23,12 +23,12 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::index::{LiveMessage, SubscriberId};
+use crate::relay::{HostedSession, LiveStarted};
+use crate::rt;
 use futures_util::future::{self, BoxFuture, Either, RemoteHandle};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use hypergate_adapters::index::{LiveMessage, SubscriberId};
-use hypergate_adapters::relay::{HostedSession, LiveStarted};
-use hypergate_adapters::rt;
 use hypergate_core::gateway::WriteVerdict;
 use hypergate_core::ids::{PeerId, RelayKey};
 use hypergate_core::nostr::{
@@ -132,7 +132,7 @@ enum Ending {
 
 /// A frame the driver read from the client's WebSocket.
 #[derive(Debug)]
-pub(crate) enum FromClient {
+pub enum FromClient {
     /// A text frame (NIP-01 JSON).
     Text(String),
     /// A binary frame (refused with a NOTICE).
@@ -145,7 +145,7 @@ pub(crate) enum FromClient {
 
 /// A frame for the client's WebSocket.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ToClient {
+pub enum ToClient {
     /// A text frame.
     Text(String),
     /// A close frame with this code and reason.

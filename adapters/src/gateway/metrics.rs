@@ -46,7 +46,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
 
-use hypergate_adapters::mirror::{CoreRole, EvictionReason, MirrorStore};
+use crate::mirror::{CoreRole, EvictionReason, MirrorStore};
 use hypergate_core::escrow::RejectReason;
 use hypergate_core::gateway::GatewayEvent;
 use hypergate_core::ids::RelayKey;
@@ -61,7 +61,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::state::CoreState;
-use crate::escrow::client::ClientError;
+use crate::escrow_client::ClientError;
 
 /// The original's fallback-duration buckets, in seconds.
 const FALLBACK_BUCKETS: [f64; 9] = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0];

@@ -8,9 +8,9 @@
 //! - A token is accepted only with a valid MAC (constant-time comparison), for the relay it
 //!   names, with scope `relay-access`, before `expiresAt`. Each failure has its own reason.
 
+use crate::escrow_wire::stable_stringify;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use hypergate_adapters::escrow_wire::stable_stringify;
 use hypergate_core::ids::RelayKey;
 use serde_json::{Value, json};
 use sha2::Sha256;

@@ -20,7 +20,7 @@
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use hypergate_adapters::peer_link::PeerLink;
+use crate::peer_link::PeerLink;
 use hypergate_core::fair_queue::{FairQueue, FairQueueLimits, Flow, Refused};
 use hypergate_core::router::SessionId;
 use hypergate_core::wire::Frame;

@@ -306,7 +306,7 @@ pub(super) async fn replicas(
                 .unwrap_or(0);
             let owner = records
                 .iter()
-                .find(|core| core.role == hypergate_adapters::mirror::CoreRole::Owner)
+                .find(|core| core.role == crate::mirror::CoreRole::Owner)
                 .or(records.first())
                 .map(|core| core.owner.to_hex());
             let (lease_id, lease_epoch, lease_expires) = match &facts.lease {

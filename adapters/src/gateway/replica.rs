@@ -16,10 +16,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hypergate_adapters::clock::{Clock, SystemClock};
-use hypergate_adapters::mirror::{LeasedWriter, LeasedWriterError, MirrorError, MirrorStore};
-use hypergate_adapters::relay::{BlockSource, HostConfig, IndexedRelay, RelayHost, RelayStore};
-use hypergate_adapters::rt::Spawner;
+use crate::clock::{Clock, SystemClock};
+use crate::mirror::{LeasedWriter, LeasedWriterError, MirrorError, MirrorStore};
+use crate::relay::{BlockSource, HostConfig, IndexedRelay, RelayHost, RelayStore};
+use crate::rt::Spawner;
 use hypergate_core::ids::RelayKey;
 use hypergate_core::lease::LeaseId;
 use hypergate_core::nostr::Event;
