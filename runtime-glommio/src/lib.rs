@@ -12,8 +12,11 @@
 //! - [`peer_link`]: the gateway⇄worker link over glommio TCP.
 //! - [`http`]: HTTP/1.1 and WebSocket serving, one `SO_REUSEPORT` listener
 //!   per pinned executor.
+//! - [`gateway`]: the gateway service of `hypergate_adapters::gateway` on those shards
+//!   (`hypergate gateway --runtime glommio`).
 
 pub mod executor;
+pub mod gateway;
 pub mod http;
 pub mod peer_link;
 pub mod timers;

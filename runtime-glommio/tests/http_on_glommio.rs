@@ -39,7 +39,7 @@ fn start() -> ShardedServer {
             *response.status_mut() = status;
             Ok::<_, Infallible>(response)
         }),
-        websocket: move |head: &http::head::RequestHead| {
+        websocket: move |head: &http::head::RequestHead, _remote: std::net::SocketAddr| {
             if head.path != "/echo" {
                 return Upgrade::Refuse {
                     status: StatusCode::NOT_FOUND,

@@ -300,6 +300,18 @@ enum EscrowCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // The glommio gateway runs its own executors; it must not start inside a tokio runtime.
+    if let Command::Gateway(args) = &cli.command
+        && args.runtime == hypergate_tokio::gateway::cli::Runtime::Glommio
+    {
+        return match hypergate_tokio::gateway::cli::run_glommio(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("hypergate: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -5,7 +5,8 @@
 //! mirror and an open subscription stays live; an EVENT is read-only while the escrow's
 //! liveness timeout has not passed, then accepted under an automatically requested lease;
 //! the worker restarts → push → resync → resync-complete → rotation, and the event the
-//! gateway accepted is served by the worker itself.
+//! gateway accepted is served by the worker itself. The scenario runs on the tokio gateway
+//! and on the glommio gateway.
 
 // Test helpers: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -18,9 +19,10 @@ use std::time::Duration;
 
 use escrow_support::{Backend, Harness, Options};
 use gateway_support::{
-    PATIENCE, connect, eventually, get_json, init_worker, next, publish, query, run_worker,
-    start_gateway,
+    GLOMMIO, PATIENCE, connect, eventually, get_json, init_worker, next, publish, query,
+    run_worker, start_gateway_on,
 };
+use hypergate_tokio::gateway::GatewayRuntime;
 use hypergate_core::escrow::PolicyConfig;
 use hypergate_core::nostr::testing::signed_event;
 use nostr_tools_support::NostrTools;
@@ -28,7 +30,7 @@ use nostr_tools_support::NostrTools;
 /// The escrow's liveness timeout in this test: long enough to see a refusal first.
 const LIVENESS_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn lifecycle(backend: Backend) {
+async fn lifecycle(backend: Backend, runtime: GatewayRuntime) {
     let options = Options {
         policy: PolicyConfig {
             peer_liveness_timeout: LIVENESS_TIMEOUT,
@@ -41,7 +43,8 @@ async fn lifecycle(backend: Backend) {
     };
     let nostr_tools = NostrTools::install();
     let gateway_data = tempfile::tempdir().unwrap();
-    let gateway = start_gateway(
+    let gateway = start_gateway_on(
+        runtime,
         gateway_data.path(),
         Some(gateway_support::escrow_config(&harness, "gateway")),
     )
@@ -288,10 +291,17 @@ async fn lifecycle(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_survives_its_worker_dying_and_returning_with_writes_made_under_a_lease() {
-    lifecycle(Backend::Embedded).await;
+    lifecycle(Backend::Embedded, GatewayRuntime::Tokio).await;
+}
+
+/// The same scenario against the glommio gateway: forwarding, fallback reads, escrow-gated
+/// writes and the resync, on two shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lifecycle_holds_on_the_glommio_gateway() {
+    lifecycle(Backend::Embedded, GLOMMIO).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lifecycle_holds_with_the_escrow_store_on_postgresql() {
-    lifecycle(Backend::Postgres).await;
+    lifecycle(Backend::Postgres, GatewayRuntime::Tokio).await;
 }

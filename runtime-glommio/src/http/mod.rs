@@ -78,6 +78,8 @@ pub enum Upgrade {
         /// The task that serves it.
         serve: Box<dyn FnOnce(ServerSocket) -> LocalTask>,
     },
+    /// Not an upgrade this handler takes: serve the request as plain HTTP.
+    Http,
     /// Refuse it with this status and reason.
     Refuse {
         /// The status.
@@ -91,7 +93,7 @@ pub enum Upgrade {
 pub struct Handlers<S, W> {
     /// Every request that is not a WebSocket upgrade.
     pub http: S,
-    /// Valid WebSocket upgrade requests.
+    /// Valid WebSocket upgrade requests, with the client's address.
     pub websocket: W,
 }
 
@@ -152,7 +154,7 @@ where
     F: Fn(usize) -> Handlers<S, W> + Send + Sync + 'static,
     S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + Clone + 'static,
     S::Future: 'static,
-    W: Fn(&RequestHead) -> Upgrade + 'static,
+    W: Fn(&RequestHead, SocketAddr) -> Upgrade + 'static,
 {
     let shards = shards.max(1);
     let io_memory = plan_io_memory(shards, memlock_limit())?;
@@ -227,7 +229,7 @@ async fn accept_loop<S, W>(listener: TcpListener, handlers: Rc<Handlers<S, W>>, 
 where
     S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + Clone + 'static,
     S::Future: 'static,
-    W: Fn(&RequestHead) -> Upgrade + 'static,
+    W: Fn(&RequestHead, SocketAddr) -> Upgrade + 'static,
 {
     // The shard's open connections, so that stopping can cancel them: a task
     // blocked on a read would otherwise keep the executor from finishing.
@@ -274,7 +276,7 @@ async fn serve_connection<S, W>(mut stream: TcpStream, handlers: Rc<Handlers<S, 
 where
     S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + Clone + 'static,
     S::Future: 'static,
-    W: Fn(&RequestHead) -> Upgrade + 'static,
+    W: Fn(&RequestHead, SocketAddr) -> Upgrade + 'static,
 {
     let bytes = match head::read_first_head(&mut stream).await {
         Ok(FirstHead::Closed) | Err(HeadError::Io(_)) => return,
@@ -288,9 +290,13 @@ where
             head_len,
             bytes,
         }) if head.wants_websocket() => {
+            let remote = stream
+                .peer_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
             let (status, reason) = match websocket::check(&head) {
                 Err(refused) => (refused.status(), refused.to_string()),
-                Ok(accept_key) => match (handlers.websocket)(&head) {
+                Ok(accept_key) => match (handlers.websocket)(&head, remote) {
+                    Upgrade::Http => return serve_http(stream, bytes, &handlers).await,
                     Upgrade::Refuse { status, reason } => (status, reason),
                     Upgrade::Accept { config, serve } => {
                         let after_head = bytes.get(head_len..).unwrap_or_default().to_vec();
@@ -308,6 +314,15 @@ where
         }
         Ok(FirstHead::Complete { bytes, .. } | FirstHead::Unparsed(bytes)) => bytes,
     };
+    serve_http(stream, bytes, &handlers).await;
+}
+
+/// Serves a connection as HTTP/1.1, the bytes already read replayed first.
+async fn serve_http<S, W>(stream: TcpStream, bytes: Vec<u8>, handlers: &Handlers<S, W>)
+where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + Clone + 'static,
+    S::Future: 'static,
+{
     let connection = hyper::server::conn::http1::Builder::new()
         .serve_connection(HyperIo(Replayed::new(bytes, stream)), handlers.http.clone());
     // A client that hangs up mid-request is not the server's error.

@@ -15,9 +15,25 @@ use hypergate_core::session::SessionConfig;
 use super::{GatewayOptions, start};
 use crate::escrow::EscrowClientConfig;
 
+/// Which runtime serves the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Runtime {
+    /// tokio's multi-threaded runtime (works everywhere).
+    Tokio,
+    /// glommio: one pinned io_uring executor per shard (Linux; needs locked memory, see the
+    /// operations runbook).
+    Glommio,
+}
+
 /// Options of `hypergate gateway`.
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
+    /// The runtime that serves: `tokio`, or `glommio` (thread-per-core on io_uring).
+    #[arg(long, value_enum, default_value = "tokio", env = "HYPERGATE_GATEWAY_RUNTIME")]
+    pub runtime: Runtime,
+    /// glommio shards (pinned executors, one listener each); default: one per CPU.
+    #[arg(long, env = "HYPERGATE_GATEWAY_SHARDS")]
+    pub shards: Option<usize>,
     /// Where the gateway keeps its identity, mirror and replica indexes (created, mode 0700).
     #[arg(long, env = "HYPERGATE_GATEWAY_DATA_DIR")]
     pub data_dir: PathBuf,
@@ -121,8 +137,42 @@ pub struct GatewayArgs {
     pub escrow_operator_key: Option<PathBuf>,
 }
 
-/// Runs the gateway until SIGINT or SIGTERM.
+/// Runs the gateway on tokio until SIGINT or SIGTERM.
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let options = options(&args)?;
+    let has_escrow = options.escrow.is_some();
+    let gateway = start(options).await?;
+    announce_started(gateway.http_addr, gateway.peer_addr, gateway.peer_id, has_escrow);
+    crate::worker::shutdown_signal().await;
+    gateway.shutdown().await;
+    Ok(())
+}
+
+/// Runs the gateway on glommio shards until SIGINT or SIGTERM; call it outside any tokio
+/// runtime (the glommio gateway has none).
+pub fn run_glommio(args: &GatewayArgs) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    // Registered before the shards start, so an early signal is not lost.
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("listening for SIGINT/SIGTERM")?;
+    let options = options(args)?;
+    let has_escrow = options.escrow.is_some();
+    let shards = args.shards.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+    });
+    let gateway = hypergate_glommio::gateway::start(options, shards).context(
+        "starting the glommio gateway (the tokio gateway, `--runtime tokio`, needs no locked \
+         memory or io_uring)",
+    )?;
+    announce(format_args!("glommio shards: {}", gateway.shards()));
+    announce_started(gateway.http_addr, gateway.peer_addr, gateway.peer_id, has_escrow);
+    let _ = signals.forever().next();
+    gateway.shutdown();
+    Ok(())
+}
+
+/// The gateway's options from the command line and the data directory.
+fn options(args: &GatewayArgs) -> anyhow::Result<GatewayOptions> {
     let identity_path = args.data_dir.join("identity.json");
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
@@ -151,14 +201,14 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         None => None,
     };
     let escrow = escrow_client(
-        &args,
+        args,
         args.escrow_client_id.as_deref(),
         args.escrow_client_cert.as_deref(),
         args.escrow_client_key.as_deref(),
     )
     .context("the escrow client")?;
     let escrow_operator = escrow_client(
-        &args,
+        args,
         args.escrow_operator_id.as_deref(),
         args.escrow_operator_cert.as_deref(),
         args.escrow_operator_key.as_deref(),
@@ -171,8 +221,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         },
         ..SessionConfig::default()
     };
-    let has_escrow = escrow.is_some();
-    let gateway = start(GatewayOptions {
+    Ok(GatewayOptions {
         data_dir: args.data_dir.clone(),
         identity,
         http_listen: args.listen,
@@ -194,21 +243,18 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             &args.data_dir.join("token-secret"),
         )?,
     })
-    .await?;
-    announce(format_args!(
-        "gateway listening on http://{}",
-        gateway.http_addr
-    ));
-    announce(format_args!("peer link listening on {}", gateway.peer_addr));
-    announce(format_args!("gateway key: {}", gateway.peer_id.to_hex()));
-    if !has_escrow {
+}
+
+/// The start-up lines operators and scripts read.
+fn announce_started(http_addr: SocketAddr, peer_addr: SocketAddr, peer_id: PeerId, escrow: bool) {
+    announce(format_args!("gateway listening on http://{http_addr}"));
+    announce(format_args!("peer link listening on {peer_addr}"));
+    announce(format_args!("gateway key: {}", peer_id.to_hex()));
+    if !escrow {
         announce(format_args!(
             "no escrow configured: relays are read-only while their workers are away"
         ));
     }
-    crate::worker::shutdown_signal().await;
-    gateway.shutdown().await;
-    Ok(())
 }
 
 /// The escrow client `client_id` with its certificate, sharing the escrow URL, secret and CA;

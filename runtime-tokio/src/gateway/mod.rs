@@ -5,6 +5,9 @@
 //!   [`hypergate_adapters::gateway`]; this driver binds its two listeners, serves the
 //!   service's routes with axum (the relay URLs' WebSocket upgrade in [`websocket`]), accepts
 //!   worker links and hands each to the service, and runs the service's background work.
+//! - [`start_on`] runs the same gateway on glommio shards instead
+//!   (`hypergate_glommio::gateway`), behind the same [`GatewayHandle`], so one test suite
+//!   covers both runtimes.
 //! - [`GatewayHandle::shutdown`] ends leases (wiping their keys), stops the listeners and
 //!   waits for the tasks.
 
@@ -25,6 +28,18 @@ use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
 pub use hypergate_adapters::gateway::{ClientLimits, GatewayOptions};
 
+/// Which runtime serves a gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayRuntime {
+    /// This tokio runtime (axum).
+    Tokio,
+    /// glommio: this many pinned executors, each with its own listener.
+    Glommio {
+        /// How many shards.
+        shards: usize,
+    },
+}
+
 /// A running gateway.
 pub struct GatewayHandle {
     /// Where clients connect.
@@ -33,8 +48,16 @@ pub struct GatewayHandle {
     pub peer_addr: SocketAddr,
     /// The gateway's identity, to pin in workers.
     pub peer_id: PeerId,
-    service: Arc<GatewayService>,
-    tasks: JoinSet<()>,
+    serving: Serving,
+}
+
+/// What serves a [`GatewayHandle`].
+enum Serving {
+    Tokio {
+        service: Arc<GatewayService>,
+        tasks: JoinSet<()>,
+    },
+    Glommio(hypergate_glommio::gateway::GlommioGateway),
 }
 
 impl std::fmt::Debug for GatewayHandle {
@@ -48,9 +71,39 @@ impl std::fmt::Debug for GatewayHandle {
 
 impl GatewayHandle {
     /// Ends every lease (their keys are wiped), stops serving and waits for the tasks.
-    pub async fn shutdown(mut self) {
-        self.service.shutdown();
-        while self.tasks.join_next().await.is_some() {}
+    pub async fn shutdown(self) {
+        match self.serving {
+            Serving::Tokio { service, mut tasks } => {
+                service.shutdown();
+                while tasks.join_next().await.is_some() {}
+            }
+            Serving::Glommio(gateway) => {
+                // Joins the shards' threads: off this runtime's workers.
+                let _ = tokio::task::spawn_blocking(move || gateway.shutdown()).await;
+            }
+        }
+    }
+}
+
+/// Starts a gateway on `runtime`. glommio's shards are started (and later joined) off this
+/// tokio runtime's threads and run no tokio code.
+pub async fn start_on(runtime: GatewayRuntime, options: GatewayOptions) -> anyhow::Result<GatewayHandle> {
+    match runtime {
+        GatewayRuntime::Tokio => start(options).await,
+        GatewayRuntime::Glommio { shards } => {
+            let gateway = tokio::task::spawn_blocking(move || {
+                hypergate_glommio::gateway::start(options, shards)
+            })
+            .await
+            .context("the glommio gateway's start-up")?
+            .context("starting the glommio gateway")?;
+            Ok(GatewayHandle {
+                http_addr: gateway.http_addr,
+                peer_addr: gateway.peer_addr,
+                peer_id: gateway.peer_id,
+                serving: Serving::Glommio(gateway),
+            })
+        }
     }
 }
 
@@ -100,8 +153,7 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<GatewayHandle> {
         http_addr,
         peer_addr,
         peer_id: service.peer_id(),
-        service,
-        tasks,
+        serving: Serving::Tokio { service, tasks },
     })
 }
 

@@ -19,7 +19,7 @@ use hypergate_adapters::peer_link::{AcceptPolicy, LinkConfig};
 use hypergate_core::gateway::GatewayConfig;
 use hypergate_core::session::SessionConfig;
 use hypergate_tokio::escrow::EscrowClientConfig;
-use hypergate_tokio::gateway::{GatewayHandle, GatewayOptions};
+use hypergate_tokio::gateway::{GatewayHandle, GatewayOptions, GatewayRuntime};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use zeroize::Zeroizing;
@@ -64,6 +64,19 @@ pub(crate) async fn start_gateway(
     data: &Path,
     escrow: Option<EscrowClientConfig>,
 ) -> GatewayHandle {
+    start_gateway_on(GatewayRuntime::Tokio, data, escrow).await
+}
+
+/// The glommio gateway the shared scenarios run on: two shards, so that sessions and links
+/// land on different executors.
+pub(crate) const GLOMMIO: GatewayRuntime = GatewayRuntime::Glommio { shards: 2 };
+
+/// [`start_gateway`] on `runtime`.
+pub(crate) async fn start_gateway_on(
+    runtime: GatewayRuntime,
+    data: &Path,
+    escrow: Option<EscrowClientConfig>,
+) -> GatewayHandle {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -72,22 +85,25 @@ pub(crate) async fn start_gateway(
     // killed outright is seen at once by its link closing.
     let mut core = GatewayConfig::default();
     core.router.replica_retry = Duration::from_millis(200);
-    hypergate_tokio::gateway::start(GatewayOptions {
-        data_dir: data.to_path_buf(),
-        identity: identity(GATEWAY_SEED),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        peer_listen: "127.0.0.1:0".parse().unwrap(),
-        accept: AcceptPolicy::Open,
-        link: LinkConfig::default(),
-        core,
-        session: SessionConfig::default(),
-        outbound_queue: 1024,
-        limits: hypergate_tokio::gateway::ClientLimits::default(),
-        escrow,
-        escrow_operator: None,
-        admin_token: None,
-        token_secret: zeroize::Zeroizing::new(b"test token secret".to_vec()),
-    })
+    hypergate_tokio::gateway::start_on(
+        runtime,
+        GatewayOptions {
+            data_dir: data.to_path_buf(),
+            identity: identity(GATEWAY_SEED),
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            peer_listen: "127.0.0.1:0".parse().unwrap(),
+            accept: AcceptPolicy::Open,
+            link: LinkConfig::default(),
+            core,
+            session: SessionConfig::default(),
+            outbound_queue: 1024,
+            limits: hypergate_tokio::gateway::ClientLimits::default(),
+            escrow,
+            escrow_operator: None,
+            admin_token: None,
+            token_secret: zeroize::Zeroizing::new(b"test token secret".to_vec()),
+        },
+    )
     .await
     .unwrap()
 }
