@@ -78,11 +78,13 @@ fn serve() {
             *response.status_mut() = StatusCode::NOT_FOUND;
             Ok::<_, Infallible>(response)
         }),
-        websocket: |_head: &http::head::RequestHead, _remote: std::net::SocketAddr| Upgrade::Accept {
-            config: config(),
-            serve: Box::new(|mut socket| {
-                Box::pin(async move { while let Some(Ok(_)) = socket.next().await {} })
-            }),
+        websocket: |_head: &http::head::RequestHead, _remote: std::net::SocketAddr| {
+            Upgrade::Accept {
+                config: config(),
+                serve: Box::new(|mut socket| {
+                    Box::pin(async move { while let Some(Ok(_)) = socket.next().await {} })
+                }),
+            }
         },
     })
     .expect("glommio serves here");

@@ -135,7 +135,9 @@ fn shard_spawner() -> Spawner {
         if ON_SHARD.with(Cell::get) {
             glommio::spawn_local(task).detach();
         } else {
-            tracing::warn!("a gateway task was started off the shards; running it on its own thread");
+            tracing::warn!(
+                "a gateway task was started off the shards; running it on its own thread"
+            );
             std::thread::spawn(move || futures_lite::future::block_on(task));
         }
     })
@@ -272,9 +274,10 @@ fn relay_name(path: &str) -> Option<String> {
     match segments.as_slice() {
         ["relay", key] if !key.is_empty() => Some(percent_decoded(key)),
         // Routes of their own take these first segments (as axum prefers static segments).
-        ["api" | "pfp" | "relay" | "drive" | "post" | "callback" | "health" | "metrics", _] => {
-            None
-        }
+        [
+            "api" | "pfp" | "relay" | "drive" | "post" | "callback" | "health" | "metrics",
+            _,
+        ] => None,
         [a, b] if !a.is_empty() && !b.is_empty() => {
             Some(format!("{}:{}", percent_decoded(a), percent_decoded(b)))
         }
@@ -395,7 +398,10 @@ mod tests {
     #[test]
     fn relay_urls_name_relays_and_other_urls_do_not() {
         assert_eq!(relay_name("/relay/abc").as_deref(), Some("abc"));
-        assert_eq!(relay_name("/npub1x/my-relay").as_deref(), Some("npub1x:my-relay"));
+        assert_eq!(
+            relay_name("/npub1x/my-relay").as_deref(),
+            Some("npub1x:my-relay")
+        );
         assert_eq!(relay_name("/a%3Ab/c").as_deref(), Some("a:b:c"));
         assert_eq!(relay_name("/api/relays"), None);
         assert_eq!(relay_name("/pfp/file.png"), None);

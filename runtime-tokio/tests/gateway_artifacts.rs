@@ -17,14 +17,26 @@ use std::time::Duration;
 use escrow_support::{Backend, Harness, Options};
 use gateway_support::{
     PATIENCE, connect, eventually, get_json, http_request, init_worker, query, run_worker,
-    start_gateway,
+    start_gateway_on,
 };
 use hypergate_core::escrow::PolicyConfig;
 use hypergate_core::nostr::testing::signed_event;
+use hypergate_tokio::gateway::GatewayRuntime;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joins_reach_the_worker_online_and_are_replayed_from_artifacts_after_an_outage() {
+    scenario(GatewayRuntime::Tokio).await;
+}
+
+/// The same join scenario against the glommio gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_glommio_gateway_records_and_replays_joins_the_same_way() {
+    let _slot = gateway_support::GLOMMIO_SLOT.lock().await;
+    scenario(gateway_support::GLOMMIO).await;
+}
+
+async fn scenario(runtime: GatewayRuntime) {
     let options = Options {
         policy: PolicyConfig {
             peer_liveness_timeout: Duration::from_secs(1),
@@ -34,7 +46,8 @@ async fn joins_reach_the_worker_online_and_are_replayed_from_artifacts_after_an_
     };
     let harness = Harness::start(Backend::Embedded, options).await.unwrap();
     let gateway_data = tempfile::tempdir().unwrap();
-    let gateway = start_gateway(
+    let gateway = start_gateway_on(
+        runtime,
         gateway_data.path(),
         Some(gateway_support::escrow_config(&harness, "gateway")),
     )

@@ -24,13 +24,16 @@ use hypergate_core::ids::RelayKey;
 use hypergate_core::nostr::Tag;
 use hypergate_core::session::SessionConfig;
 use hypergate_core::wire::{BoundedString, BoundedVec, Message, RegisterRelays, RelayRegistration};
-use hypergate_tokio::gateway::{ClientLimits, GatewayHandle, GatewayOptions};
+use hypergate_tokio::gateway::{ClientLimits, GatewayHandle, GatewayOptions, GatewayRuntime};
 use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
-async fn gateway(limits: ClientLimits) -> (tempfile::TempDir, GatewayHandle) {
+async fn gateway(
+    runtime: GatewayRuntime,
+    limits: ClientLimits,
+) -> (tempfile::TempDir, GatewayHandle) {
     let data = tempfile::tempdir().unwrap();
-    let handle = hypergate_tokio::gateway::start(GatewayOptions {
+    let options = GatewayOptions {
         data_dir: data.path().to_path_buf(),
         identity: identity(GATEWAY_SEED),
         http_listen: "127.0.0.1:0".parse().unwrap(),
@@ -45,9 +48,10 @@ async fn gateway(limits: ClientLimits) -> (tempfile::TempDir, GatewayHandle) {
         escrow_operator: None,
         admin_token: None,
         token_secret: zeroize::Zeroizing::new(b"test token secret".to_vec()),
-    })
-    .await
-    .unwrap();
+    };
+    let handle = hypergate_tokio::gateway::start_on(runtime, options)
+        .await
+        .unwrap();
     (data, handle)
 }
 
@@ -109,7 +113,17 @@ async fn close_of(ws: &mut gateway_support::Ws) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_relays_unauthorised_clients_and_unservable_relays_get_the_originals_close_codes() {
-    let (_data, gateway) = gateway(ClientLimits::default()).await;
+    close_codes(GatewayRuntime::Tokio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_glommio_gateway_answers_with_the_same_close_codes() {
+    let _slot = gateway_support::GLOMMIO_SLOT.lock().await;
+    close_codes(gateway_support::GLOMMIO).await;
+}
+
+async fn close_codes(runtime: GatewayRuntime) {
+    let (_data, gateway) = gateway(runtime, ClientLimits::default()).await;
     let base = format!("ws://{}", gateway.http_addr);
 
     let mut unknown = connect(&format!("{base}/relay/{}", RelayKey([9; 32]))).await;
@@ -211,11 +225,24 @@ async fn unknown_relays_unauthorised_clients_and_unservable_relays_get_the_origi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_per_address_cap_are_closed_and_floods_are_rate_limited() {
-    let (_data, gateway) = gateway(ClientLimits {
-        connections_per_ip: 2,
-        frames_per_second: 5,
-        frame_burst: 5,
-    })
+    caps_and_rates(GatewayRuntime::Tokio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_glommio_gateway_caps_connections_per_address_and_rate_limits_floods() {
+    let _slot = gateway_support::GLOMMIO_SLOT.lock().await;
+    caps_and_rates(gateway_support::GLOMMIO).await;
+}
+
+async fn caps_and_rates(runtime: GatewayRuntime) {
+    let (_data, gateway) = gateway(
+        runtime,
+        ClientLimits {
+            connections_per_ip: 2,
+            frames_per_second: 5,
+            frame_burst: 5,
+        },
+    )
     .await;
     let relay = RelayKey([1; 32]);
     let _worker = fake_worker(&gateway, 0x72, relay, false).await;
@@ -251,4 +278,14 @@ async fn connections_beyond_the_per_address_cap_are_closed_and_floods_are_rate_l
         after.is_err(),
         "a frame within the rate was refused: {after:?}"
     );
+
+    // The refusals are counted where Prometheus scrapes them.
+    let metrics = gateway_support::http_get(gateway.http_addr, "/metrics").await;
+    let refused: f64 = metrics
+        .lines()
+        .find(|line| line.starts_with("gateway_client_frames_refused_total{reason=\"rate-limit\"}"))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no rate-limit refusal counter in /metrics:\n{metrics}"));
+    assert!(refused >= 10.0, "{refused} refusals counted");
 }

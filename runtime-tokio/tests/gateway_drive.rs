@@ -19,9 +19,10 @@ use std::time::Duration;
 
 use escrow_support::{Backend, Harness, Options};
 use gateway_support::{
-    PATIENCE, eventually, get_json, http_request, init_worker, run_worker, start_gateway,
+    PATIENCE, eventually, get_json, http_request, init_worker, run_worker, start_gateway_on,
 };
 use hypergate_core::escrow::PolicyConfig;
+use hypergate_tokio::gateway::GatewayRuntime;
 
 /// The escrow's liveness timeout in this test.
 const LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -35,6 +36,17 @@ fn photo() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drive_upload_made_while_the_worker_was_away_is_served_by_the_worker_after_resync() {
+    scenario(GatewayRuntime::Tokio).await;
+}
+
+/// The same drive scenario against the glommio gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_glommio_gateway_serves_and_resyncs_drive_uploads_the_same_way() {
+    let _slot = gateway_support::GLOMMIO_SLOT.lock().await;
+    scenario(gateway_support::GLOMMIO).await;
+}
+
+async fn scenario(runtime: GatewayRuntime) {
     let options = Options {
         policy: PolicyConfig {
             peer_liveness_timeout: LIVENESS_TIMEOUT,
@@ -46,7 +58,8 @@ async fn a_drive_upload_made_while_the_worker_was_away_is_served_by_the_worker_a
         .await
         .expect("the embedded escrow always starts");
     let gateway_data = tempfile::tempdir().unwrap();
-    let gateway = start_gateway(
+    let gateway = start_gateway_on(
+        runtime,
         gateway_data.path(),
         Some(gateway_support::escrow_config(&harness, "gateway")),
     )

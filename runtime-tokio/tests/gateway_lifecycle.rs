@@ -22,9 +22,9 @@ use gateway_support::{
     GLOMMIO, PATIENCE, connect, eventually, get_json, init_worker, next, publish, query,
     run_worker, start_gateway_on,
 };
-use hypergate_tokio::gateway::GatewayRuntime;
 use hypergate_core::escrow::PolicyConfig;
 use hypergate_core::nostr::testing::signed_event;
+use hypergate_tokio::gateway::GatewayRuntime;
 use nostr_tools_support::NostrTools;
 
 /// The escrow's liveness timeout in this test: long enough to see a refusal first.
@@ -298,6 +298,7 @@ async fn a_relay_survives_its_worker_dying_and_returning_with_writes_made_under_
 /// writes and the resync, on two shards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lifecycle_holds_on_the_glommio_gateway() {
+    let _slot = gateway_support::GLOMMIO_SLOT.lock().await;
     lifecycle(Backend::Embedded, GLOMMIO).await;
 }
 

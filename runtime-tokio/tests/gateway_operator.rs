@@ -23,6 +23,7 @@ use hypergate_core::escrow::PolicyConfig;
 use hypergate_core::gateway::GatewayConfig;
 use hypergate_core::session::SessionConfig;
 use hypergate_tokio::gateway::GatewayOptions;
+use hypergate_tokio::gateway::GatewayRuntime;
 use serde_json::Value;
 
 const TOKEN: &str = "operator-token-for-tests";
@@ -45,6 +46,17 @@ fn ctl(gateway: &str, token_file: &std::path::Path, args: &[&str]) -> (bool, Val
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_lists_requests_and_revokes_leases_with_ctl_and_needs_the_token() {
+    scenario(GatewayRuntime::Tokio).await;
+}
+
+/// The same operator scenario against the glommio gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_glommio_gateway_serves_the_operator_api_the_same_way() {
+    let _slot = gateway_support::GLOMMIO_SLOT.lock().await;
+    scenario(gateway_support::GLOMMIO).await;
+}
+
+async fn scenario(runtime: GatewayRuntime) {
     let options = Options {
         policy: PolicyConfig {
             peer_liveness_timeout: Duration::from_secs(1),
@@ -54,22 +66,25 @@ async fn an_operator_lists_requests_and_revokes_leases_with_ctl_and_needs_the_to
     };
     let harness = Harness::start(Backend::Embedded, options).await.unwrap();
     let data = tempfile::tempdir().unwrap();
-    let gateway = hypergate_tokio::gateway::start(GatewayOptions {
-        data_dir: data.path().join("gateway"),
-        identity: identity(GATEWAY_SEED),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        peer_listen: "127.0.0.1:0".parse().unwrap(),
-        accept: AcceptPolicy::Open,
-        link: LinkConfig::default(),
-        core: GatewayConfig::default(),
-        session: SessionConfig::default(),
-        outbound_queue: 1024,
-        limits: hypergate_tokio::gateway::ClientLimits::default(),
-        escrow: Some(escrow_config(&harness, "gateway")),
-        escrow_operator: Some(escrow_config(&harness, "operator")),
-        admin_token: Some(TOKEN.into()),
-        token_secret: zeroize::Zeroizing::new(b"test token secret".to_vec()),
-    })
+    let gateway = hypergate_tokio::gateway::start_on(
+        runtime,
+        GatewayOptions {
+            data_dir: data.path().join("gateway"),
+            identity: identity(GATEWAY_SEED),
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            peer_listen: "127.0.0.1:0".parse().unwrap(),
+            accept: AcceptPolicy::Open,
+            link: LinkConfig::default(),
+            core: GatewayConfig::default(),
+            session: SessionConfig::default(),
+            outbound_queue: 1024,
+            limits: hypergate_tokio::gateway::ClientLimits::default(),
+            escrow: Some(escrow_config(&harness, "gateway")),
+            escrow_operator: Some(escrow_config(&harness, "operator")),
+            admin_token: Some(TOKEN.into()),
+            token_secret: zeroize::Zeroizing::new(b"test token secret".to_vec()),
+        },
+    )
     .await
     .unwrap();
     let token_file = data.path().join("token");

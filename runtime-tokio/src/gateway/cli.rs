@@ -29,7 +29,12 @@ pub enum Runtime {
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
     /// The runtime that serves: `tokio`, or `glommio` (thread-per-core on io_uring).
-    #[arg(long, value_enum, default_value = "tokio", env = "HYPERGATE_GATEWAY_RUNTIME")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "tokio",
+        env = "HYPERGATE_GATEWAY_RUNTIME"
+    )]
     pub runtime: Runtime,
     /// glommio shards (pinned executors, one listener each); default: one per CPU.
     #[arg(long, env = "HYPERGATE_GATEWAY_SHARDS")]
@@ -142,7 +147,12 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let options = options(&args)?;
     let has_escrow = options.escrow.is_some();
     let gateway = start(options).await?;
-    announce_started(gateway.http_addr, gateway.peer_addr, gateway.peer_id, has_escrow);
+    announce_started(
+        gateway.http_addr,
+        gateway.peer_addr,
+        gateway.peer_id,
+        has_escrow,
+    );
     crate::worker::shutdown_signal().await;
     gateway.shutdown().await;
     Ok(())
@@ -157,15 +167,20 @@ pub fn run_glommio(args: &GatewayArgs) -> anyhow::Result<()> {
         .context("listening for SIGINT/SIGTERM")?;
     let options = options(args)?;
     let has_escrow = options.escrow.is_some();
-    let shards = args.shards.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
-    });
+    let shards = args
+        .shards
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
     let gateway = hypergate_glommio::gateway::start(options, shards).context(
         "starting the glommio gateway (the tokio gateway, `--runtime tokio`, needs no locked \
          memory or io_uring)",
     )?;
     announce(format_args!("glommio shards: {}", gateway.shards()));
-    announce_started(gateway.http_addr, gateway.peer_addr, gateway.peer_id, has_escrow);
+    announce_started(
+        gateway.http_addr,
+        gateway.peer_addr,
+        gateway.peer_id,
+        has_escrow,
+    );
     let _ = signals.forever().next();
     gateway.shutdown();
     Ok(())

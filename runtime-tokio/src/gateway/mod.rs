@@ -87,7 +87,10 @@ impl GatewayHandle {
 
 /// Starts a gateway on `runtime`. glommio's shards are started (and later joined) off this
 /// tokio runtime's threads and run no tokio code.
-pub async fn start_on(runtime: GatewayRuntime, options: GatewayOptions) -> anyhow::Result<GatewayHandle> {
+pub async fn start_on(
+    runtime: GatewayRuntime,
+    options: GatewayOptions,
+) -> anyhow::Result<GatewayHandle> {
     match runtime {
         GatewayRuntime::Tokio => start(options).await,
         GatewayRuntime::Glommio { shards } => {

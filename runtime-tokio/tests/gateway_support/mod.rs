@@ -71,6 +71,10 @@ pub(crate) async fn start_gateway(
 /// land on different executors.
 pub(crate) const GLOMMIO: GatewayRuntime = GatewayRuntime::Glommio { shards: 2 };
 
+/// Held by a test while its glommio gateway runs: io_uring's locked memory is limited per
+/// process (`ulimit -l`), and one two-shard gateway at a time fits the usual 8 MiB.
+pub(crate) static GLOMMIO_SLOT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// [`start_gateway`] on `runtime`.
 pub(crate) async fn start_gateway_on(
     runtime: GatewayRuntime,
