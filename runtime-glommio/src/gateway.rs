@@ -22,7 +22,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -153,15 +152,13 @@ pub fn start(options: GatewayOptions, shards: usize) -> Result<GlommioGateway, S
     ))?);
     let peer_id = service.peer_id();
     let (peer_bound_tx, peer_bound_rx) = std::sync::mpsc::channel();
-    let stop_links = Arc::new(AtomicBool::new(false));
     let router = service.routes(GatewayService::relay_page_routes());
     let server = {
         let service = Arc::clone(&service);
-        let stop_links = Arc::clone(&stop_links);
         http::serve(http_listen, shards, move |shard| {
             ON_SHARD.with(|on| on.set(true));
             if shard == 0 {
-                start_shard_zero(&service, peer_listen, &peer_bound_tx, &stop_links);
+                start_shard_zero(&service, peer_listen, &peer_bound_tx);
             }
             Handlers {
                 http: AxumService(router.clone()),
@@ -209,7 +206,6 @@ fn start_shard_zero(
     service: &Arc<GatewayService>,
     listen: SocketAddr,
     bound: &std::sync::mpsc::Sender<Result<SocketAddr, String>>,
-    stop: &Arc<AtomicBool>,
 ) {
     let listener = match TcpListener::bind(listen) {
         Ok(listener) => listener,
@@ -222,14 +218,13 @@ fn start_shard_zero(
     let background = Arc::clone(service);
     glommio::spawn_local(async move { background.run_background().await }).detach();
     let service = Arc::clone(service);
-    let stop = Arc::clone(stop);
-    glommio::spawn_local(async move { accept_links(service, listener, &stop).await }).detach();
+    glommio::spawn_local(async move { accept_links(service, listener).await }).detach();
 }
 
-/// Accepts worker links until the gateway shuts down.
-async fn accept_links(service: Arc<GatewayService>, listener: TcpListener, stop: &AtomicBool) {
+/// Accepts worker links until the gateway shuts down (or shard 0 stops).
+async fn accept_links(service: Arc<GatewayService>, listener: TcpListener) {
     let shutdown = service.shutdown_signal();
-    while !stop.load(Ordering::Relaxed) && !*shutdown.borrow() {
+    while !*shutdown.borrow() {
         let accepted =
             glommio::timer::timeout(ACCEPT_POLL, async { Ok(listener.accept().await) }).await;
         let stream = match accepted {

@@ -13,8 +13,9 @@
 //! - Each connection stays on the shard that accepted it. Its first request
 //!   head is read here ([`head`]): a WebSocket upgrade is checked
 //!   ([`websocket::check`]) and offered to the caller's
-//!   [`Handlers::websocket`], which accepts it with a task that owns the
-//!   socket or refuses it with a status and reason (a JSON `{error}` answer);
+//!   [`Handlers::websocket`] (with the client's address), which accepts it
+//!   with a task that owns the socket, refuses it with a status and reason (a
+//!   JSON `{error}` answer), or passes it on as plain HTTP;
 //!   any other request is served by hyper's HTTP/1.1 server with the
 //!   caller's [`Handlers::http`] service, the bytes already read replayed.
 //!   Handlers are built once per shard by the caller's factory, so they may
