@@ -20,6 +20,24 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt as _;
 use futures_util::future::RemoteHandle;
 
+thread_local! {
+    /// The shard this thread serves (see [`current_shard`]).
+    static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The shard the calling thread serves: a thread-per-core driver numbers its executors'
+/// threads with [`set_current_shard`]; every other thread (tokio's workers) is shard 0. State a
+/// service keeps per shard is keyed by it.
+#[must_use]
+pub fn current_shard() -> usize {
+    SHARD.with(std::cell::Cell::get)
+}
+
+/// Marks the calling thread as serving `shard` (a driver's executor thread, once at start).
+pub fn set_current_shard(shard: usize) {
+    SHARD.with(|current| current.set(shard));
+}
+
 /// A boxed background task.
 pub type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
@@ -109,6 +127,17 @@ mod tests {
             sleep(Duration::from_millis(150)).await;
             assert_eq!(finished.load(Ordering::SeqCst), 0);
         });
+    }
+
+    #[test]
+    fn threads_are_shard_zero_until_a_driver_numbers_them() {
+        assert_eq!(current_shard(), 0);
+        let numbered = std::thread::spawn(|| {
+            set_current_shard(3);
+            current_shard()
+        });
+        assert_eq!(numbered.join().ok(), Some(3));
+        assert_eq!(current_shard(), 0, "other threads keep their own number");
     }
 
     #[test]

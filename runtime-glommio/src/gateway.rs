@@ -10,9 +10,12 @@
 //! - Shard 0 also accepts worker links (`hypergate_adapters::peer_link` over glommio TCP,
 //!   timed by glommio) and runs the service's background work (core timers, registry
 //!   persister). The service's own tasks are spawned on the shard whose work started them.
-//! - The core state is one [`GatewayService`] shared by the shards (its locks are held
-//!   briefly and never across I/O); shards own their sockets and connection tasks. Relays
-//!   are not yet partitioned between shards (docs/architecture.md says what that needs).
+//! - Each shard owns its sockets, its connection tasks and its own replica hosts (relay
+//!   views, indexes and live subscriptions, numbered by `rt::set_current_shard`), so replica
+//!   reads stay on their core; the mirror or a gateway write adding events refreshes every
+//!   shard's host of the relay. The core state (registry, routing, leases, pending writes)
+//!   is one [`GatewayService`] shared by the shards under short locks never held across I/O
+//!   (docs/architecture.md, decisions D123).
 //! - [`GlommioGateway::shutdown`] ends leases (wiping their keys), lets sessions flush their
 //!   close, stops accepting and waits for every shard.
 
@@ -157,6 +160,7 @@ pub fn start(options: GatewayOptions, shards: usize) -> Result<GlommioGateway, S
         let service = Arc::clone(&service);
         http::serve(http_listen, shards, move |shard| {
             ON_SHARD.with(|on| on.set(true));
+            hypergate_adapters::rt::set_current_shard(shard);
             if shard == 0 {
                 start_shard_zero(&service, peer_listen, &peer_bound_tx);
             }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use crate::clock::{Clock, SystemClock};
 use crate::mirror::{LeasedWriter, LeasedWriterError, MirrorError, MirrorStore};
 use crate::relay::{BlockSource, HostConfig, IndexedRelay, RelayHost, RelayStore};
-use crate::rt::Spawner;
+use crate::rt::{self, Spawner};
 use hypergate_core::ids::RelayKey;
 use hypergate_core::lease::LeaseId;
 use hypergate_core::nostr::Event;
@@ -35,6 +35,9 @@ const LIVE_QUEUE: usize = 1024;
 
 /// A relay host serving the mirror.
 pub(crate) type ReplicaHost = RelayHost<MirrorSource>;
+
+/// A host as the sessions of its shard share it.
+type SharedHost = Arc<Mutex<ReplicaHost>>;
 
 /// A relay's leased gateway writer and the lease it belongs to.
 pub(crate) struct Leased {
@@ -123,12 +126,15 @@ impl RelayStore for MirrorSource {
     }
 }
 
-/// The replica hosts, by relay.
+/// The replica hosts, by relay and shard: each shard of a thread-per-core driver serves its
+/// sessions from hosts of its own ([`rt::current_shard`]), so replica reads never wait for a
+/// lock another core holds; a tokio driver has shard 0 only. Hosts of one relay converge:
+/// every one of them is refreshed when the mirror or a gateway write adds events.
 pub(crate) struct ReplicaHosts {
     index_dir: PathBuf,
     mirror: Arc<Mutex<MirrorStore>>,
     writers: LeasedWriters,
-    hosts: Mutex<BTreeMap<RelayKey, Arc<Mutex<ReplicaHost>>>>,
+    hosts: Mutex<BTreeMap<(RelayKey, usize), SharedHost>>,
     /// Each open host's write batcher (group commit).
     batchers: Mutex<BTreeMap<RelayKey, Arc<WriteBatcher>>>,
     /// Starts the batchers' tasks.
@@ -161,15 +167,23 @@ impl ReplicaHosts {
         }
     }
 
-    /// The host of `relay`, opened (and caught up with the mirror) on first use.
+    /// The calling shard's host of `relay`, opened (and caught up with the mirror) on first
+    /// use.
     pub(crate) async fn host(&self, relay: RelayKey) -> Result<Arc<Mutex<ReplicaHost>>, String> {
+        let shard = rt::current_shard();
         let mut hosts = self.hosts.lock().await;
-        if let Some(host) = hosts.get(&relay) {
+        if let Some(host) = hosts.get(&(relay, shard)) {
             return Ok(Arc::clone(host));
         }
         std::fs::create_dir_all(&self.index_dir)
             .map_err(|e| format!("cannot create {}: {e}", self.index_dir.display()))?;
-        let path = self.index_dir.join(format!("{}.redb", relay.to_hex()));
+        // Each shard's index is a file of its own (redb locks a file to one opener).
+        let path = match shard {
+            0 => self.index_dir.join(format!("{}.redb", relay.to_hex())),
+            shard => self
+                .index_dir
+                .join(format!("{}.shard-{shard}.redb", relay.to_hex())),
+        };
         let indexed = IndexedRelay::create(relay, &path, LIVE_QUEUE).map_err(|e| e.to_string())?;
         let source = self.source(relay);
         let config = HostConfig {
@@ -180,7 +194,7 @@ impl ReplicaHosts {
             .await
             .map_err(|e| e.to_string())?;
         let host = Arc::new(Mutex::new(host));
-        hosts.insert(relay, Arc::clone(&host));
+        hosts.insert((relay, shard), Arc::clone(&host));
         Ok(host)
     }
 
@@ -226,13 +240,109 @@ impl ReplicaHosts {
         batcher.store(event, writer, epoch).await
     }
 
-    /// Catches `relay`'s host up with the mirror, if it is open.
+    /// Catches every open host of `relay` (one per shard that serves it) up with the mirror.
     pub(crate) async fn refresh(&self, relay: RelayKey) {
-        let host = self.hosts.lock().await.get(&relay).cloned();
-        if let Some(host) = host
-            && let Err(error) = host.lock().await.refresh().await
-        {
-            tracing::warn!(relay = %relay.short(), %error, "replica refresh failed");
+        let hosts: Vec<_> = self
+            .hosts
+            .lock()
+            .await
+            .range((relay, 0)..=(relay, usize::MAX))
+            .map(|(_, host)| Arc::clone(host))
+            .collect();
+        for host in hosts {
+            if let Err(error) = host.lock().await.refresh().await {
+                tracing::warn!(relay = %relay.short(), %error, "replica refresh failed");
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // Test set-up: a failed step should fail the test loudly.
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::mirror::{CoreAnnouncement, CoreKey, CoreRole, MirrorConfig};
+    use crate::relay::{RelayLogs, owner_log_key};
+    use hypercore::SigningKey;
+    use hypergate_core::ids::PeerId;
+    use hypergate_core::nostr::Filter;
+    use hypergate_core::nostr::testing::signed_event;
+    use hypergate_core::time::UnixTime;
+
+    /// Mirrors what `logs` holds of `key` that `mirror` does not yet.
+    async fn mirror_log(logs: &mut RelayLogs, mirror: &Mutex<MirrorStore>, key: WriterKey) {
+        let relay = logs.relay_key();
+        let (log, role) = if key == owner_log_key(&relay) {
+            (logs.owner_log(), CoreRole::Owner)
+        } else {
+            (logs.writer_log(&key).await.unwrap(), CoreRole::Writer)
+        };
+        let core = CoreKey(*key.as_bytes());
+        let now = UnixTime(1_000);
+        let mut mirror = mirror.lock().await;
+        let _ = mirror
+            .register_core(
+                CoreAnnouncement::new(core, PeerId([9; 32]), relay, role),
+                now,
+            )
+            .await
+            .unwrap();
+        let held = mirror.len(&core).unwrap();
+        let proofs = log.export_range(held, held..log.len()).await.unwrap();
+        mirror.advertise(&core, log.len(), now).unwrap();
+        let _ = mirror.store_blocks(&core, &proofs, now).await.unwrap();
+    }
+
+    async fn count(host: &SharedHost) -> usize {
+        let all = Filter::parse_json(r#"{"kinds":[1]}"#).unwrap();
+        host.lock().await.query(&[all]).unwrap().events.len()
+    }
+
+    #[test]
+    fn each_shard_reads_its_own_host_and_a_refresh_reaches_every_shard() {
+        smol::block_on(async {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut logs =
+                RelayLogs::create(&tmp.path().join("worker"), SigningKey::from_bytes(&[1; 32]))
+                    .await
+                    .unwrap();
+            let relay = logs.relay_key();
+            let writer = logs
+                .add_local_writer(SigningKey::from_bytes(&[2; 32]))
+                .await
+                .unwrap();
+            let first = signed_event(7, 100, 1, Vec::new(), "first");
+            logs.append_events(&writer, &[first]).await.unwrap();
+            let mirror = MirrorStore::open(&tmp.path().join("mirror"), MirrorConfig::default())
+                .await
+                .unwrap();
+            let mirror = Arc::new(Mutex::new(mirror));
+            mirror_log(&mut logs, &mirror, owner_log_key(&relay)).await;
+            mirror_log(&mut logs, &mirror, writer).await;
+            let hosts = ReplicaHosts::new(
+                tmp.path().join("replica-index"),
+                Arc::clone(&mirror),
+                Arc::default(),
+                Spawner::new(|task| smol::spawn(task).detach()),
+            );
+
+            rt::set_current_shard(0);
+            let on_zero = hosts.host(relay).await.unwrap();
+            rt::set_current_shard(1);
+            let on_one = hosts.host(relay).await.unwrap();
+            assert!(!Arc::ptr_eq(&on_zero, &on_one), "one host per shard");
+            assert!(Arc::ptr_eq(&on_one, &hosts.host(relay).await.unwrap()));
+            assert_eq!((count(&on_zero).await, count(&on_one).await), (1, 1));
+
+            // New blocks in the mirror, one refresh: both shards' hosts serve them.
+            let later = signed_event(7, 200, 1, Vec::new(), "later");
+            logs.append_events(&writer, &[later]).await.unwrap();
+            mirror_log(&mut logs, &mirror, writer).await;
+            rt::set_current_shard(0);
+            hosts.refresh(relay).await;
+            assert_eq!((count(&on_zero).await, count(&on_one).await), (2, 2));
+        });
     }
 }

@@ -154,10 +154,16 @@ impl RelayWrites {
         if !plan.to_store().is_empty() {
             match self.source.append_events(&writer, plan.to_store()).await {
                 Ok(()) => {
-                    // Durable: the index catches up (a failure here only delays reads; the
-                    // next refresh catches up from the logs).
-                    if let Err(error) = self.host.lock().await.refresh().await {
-                        tracing::warn!(%error, "replica refresh after a write batch failed");
+                    // Durable: the indexes catch up (a failure here only delays reads; the
+                    // next refresh catches up from the logs). Every shard's host of the relay,
+                    // so live subscriptions everywhere see the writes.
+                    match self.shared.upgrade() {
+                        Some(shared) => shared.replicas.refresh(self.relay).await,
+                        None => {
+                            if let Err(error) = self.host.lock().await.refresh().await {
+                                tracing::warn!(%error, "replica refresh after a write batch failed");
+                            }
+                        }
                     }
                 }
                 Err(error) => {
