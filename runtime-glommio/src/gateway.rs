@@ -16,8 +16,9 @@
 //!   shard's host of the relay. The core state (registry, routing, leases, pending writes)
 //!   is one [`GatewayService`] shared by the shards under short locks never held across I/O
 //!   (docs/architecture.md, decisions D123).
-//! - [`GlommioGateway::shutdown`] ends leases (wiping their keys), lets sessions flush their
-//!   close, stops accepting and waits for every shard.
+//! - [`GlommioGateway::shutdown`] (or dropping it) ends leases (wiping their keys), waits for
+//!   the last registry snapshot, lets sessions flush their close, stops accepting and waits
+//!   for every shard.
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -52,6 +53,9 @@ const READ_BUFFER_BYTES: usize = 4096;
 
 /// How long sessions get to send their close frames at shutdown.
 const CLOSE_GRACE: Duration = Duration::from_millis(200);
+
+/// How long shutdown waits for the background work's last registry snapshot.
+const FINAL_SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
 
 thread_local! {
     /// Whether this thread is a gateway shard (its executor can take spawned tasks).
@@ -89,6 +93,8 @@ pub struct GlommioGateway {
     service: Arc<GatewayService>,
     /// `None` once stopped.
     server: Option<ShardedServer>,
+    /// Hears when the background work (timers, registry persister) has finished.
+    background_done: std::sync::mpsc::Receiver<()>,
 }
 
 impl std::fmt::Debug for GlommioGateway {
@@ -116,6 +122,15 @@ impl GlommioGateway {
     fn stop(&mut self) {
         if let Some(server) = self.server.take() {
             self.service.shutdown();
+            // The persister writes its last snapshot after the shutdown signal; the shards
+            // must still run for that.
+            if self
+                .background_done
+                .recv_timeout(FINAL_SNAPSHOT_WAIT)
+                .is_err()
+            {
+                tracing::warn!("the last registry snapshot did not finish before shutdown");
+            }
             std::thread::sleep(CLOSE_GRACE);
             server.stop();
         }
@@ -155,6 +170,7 @@ pub fn start(options: GatewayOptions, shards: usize) -> Result<GlommioGateway, S
     ))?);
     let peer_id = service.peer_id();
     let (peer_bound_tx, peer_bound_rx) = std::sync::mpsc::channel();
+    let (background_done_tx, background_done) = std::sync::mpsc::channel();
     let router = service.routes(GatewayService::relay_page_routes());
     let server = {
         let service = Arc::clone(&service);
@@ -162,7 +178,7 @@ pub fn start(options: GatewayOptions, shards: usize) -> Result<GlommioGateway, S
             ON_SHARD.with(|on| on.set(true));
             hypergate_adapters::rt::set_current_shard(shard);
             if shard == 0 {
-                start_shard_zero(&service, peer_listen, &peer_bound_tx);
+                start_shard_zero(&service, peer_listen, &peer_bound_tx, &background_done_tx);
             }
             Handlers {
                 http: AxumService(router.clone()),
@@ -202,6 +218,7 @@ pub fn start(options: GatewayOptions, shards: usize) -> Result<GlommioGateway, S
         peer_id,
         service,
         server: Some(server),
+        background_done,
     })
 }
 
@@ -210,6 +227,7 @@ fn start_shard_zero(
     service: &Arc<GatewayService>,
     listen: SocketAddr,
     bound: &std::sync::mpsc::Sender<Result<SocketAddr, String>>,
+    background_done: &std::sync::mpsc::Sender<()>,
 ) {
     let listener = match TcpListener::bind(listen) {
         Ok(listener) => listener,
@@ -220,7 +238,12 @@ fn start_shard_zero(
     };
     let _ = bound.send(listener.local_addr().map_err(|error| error.to_string()));
     let background = Arc::clone(service);
-    glommio::spawn_local(async move { background.run_background().await }).detach();
+    let done = background_done.clone();
+    glommio::spawn_local(async move {
+        background.run_background().await;
+        let _ = done.send(());
+    })
+    .detach();
     let service = Arc::clone(service);
     glommio::spawn_local(async move { accept_links(service, listener).await }).detach();
 }
