@@ -41,8 +41,10 @@ fn free_port() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-/// Starts `hypergate gateway` on fixed ports with the escrow harness's `gateway` credentials.
+/// Starts `hypergate gateway --runtime <runtime>` on fixed ports with the escrow harness's
+/// `gateway` credentials.
 fn start_gateway(
+    runtime: &str,
     data: &Path,
     http: SocketAddr,
     peer: SocketAddr,
@@ -54,7 +56,7 @@ fn start_gateway(
         std::fs::write(&secret, SHARED_SECRET).unwrap();
     }
     let mut child = Command::new(BIN)
-        .args(["gateway", "--data-dir"])
+        .args(["gateway", "--runtime", runtime, "--data-dir"])
         .arg(data)
         .args([
             "--listen",
@@ -109,6 +111,16 @@ fn run_worker(dir: &Path, peer: SocketAddr, harness: &Harness) -> WorkerProcess 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_killed_after_accepting_leased_writes_resumes_their_push_after_restart() {
+    killed_and_restarted("tokio").await;
+}
+
+/// The same with `hypergate gateway --runtime glommio` as the process killed and restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_glommio_gateway_killed_after_leased_writes_resumes_their_push_after_restart() {
+    killed_and_restarted("glommio").await;
+}
+
+async fn killed_and_restarted(runtime: &str) {
     let options = Options {
         policy: PolicyConfig {
             peer_liveness_timeout: Duration::from_secs(1),
@@ -123,7 +135,7 @@ async fn a_gateway_killed_after_accepting_leased_writes_resumes_their_push_after
     // The escrow binds the client id `gateway` to this identity.
     gateway_support::write_identity(&gateway_dir.join("identity.json"), GATEWAY_SEED);
     let (http, peer) = (free_port(), free_port());
-    let mut gateway = start_gateway(&gateway_dir, http, peer, &harness);
+    let mut gateway = start_gateway(runtime, &gateway_dir, http, peer, &harness);
 
     let worker_dir = data.path().join("worker");
     let report = init_worker(&worker_dir);
@@ -177,7 +189,7 @@ async fn a_gateway_killed_after_accepting_leased_writes_resumes_their_push_after
     gateway.child.kill().unwrap();
     let _ = gateway.child.wait();
     let restarted = Instant::now();
-    let _gateway = start_gateway(&gateway_dir, http, peer, &harness);
+    let _gateway = start_gateway(runtime, &gateway_dir, http, peer, &harness);
     let relays = get_json(http, "/api/relays").await;
     assert_eq!(
         relays["relays"][0]["pending"]["gatewayPendingWrites"], true,
