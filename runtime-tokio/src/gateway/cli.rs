@@ -18,9 +18,9 @@ use crate::escrow::EscrowClientConfig;
 /// Which runtime serves the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Runtime {
-    /// tokio's multi-threaded runtime (works everywhere).
+    /// The multi-threaded tokio runtime (works everywhere).
     Tokio,
-    /// glommio: one pinned io_uring executor per shard (Linux; needs locked memory, see the
+    /// One pinned io_uring executor per shard (Linux; needs locked memory, see the
     /// operations runbook).
     Glommio,
 }
@@ -144,6 +144,10 @@ pub struct GatewayArgs {
 
 /// Runs the gateway on tokio until SIGINT or SIGTERM.
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.shards.is_none(),
+        "--shards applies to --runtime glommio only (tokio schedules over every CPU by itself)"
+    );
     let options = options(&args)?;
     let has_escrow = options.escrow.is_some();
     let gateway = start(options).await?;
