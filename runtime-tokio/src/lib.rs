@@ -15,7 +15,7 @@
 //!   WebSocket and NIP-11 on a local port.
 //! - [`worker_agent`]: the worker's gateway side (link, registration, mirroring, escrow
 //!   deposits, pending-write resync and rotation).
-//! - [`bench`]: `hypergate bench`, the NIP-01 load generator and the gateway benchmark.
+//! - [`bench`](mod@bench): `hypergate bench`, the NIP-01 load generator and the gateway benchmark.
 //! - [`admin`]: operator commands over stored state (`hypergate audit verify`,
 //!   `hypergate escrow migrate`).
 //!

@@ -130,7 +130,7 @@ enum WorkerCommand {
         json: bool,
     },
     /// Serve every relay of the data directory over NIP-01 WebSocket and NIP-11 at
-    /// /relay/<relayKey> (and / when there is one relay).
+    /// /relay/{relayKey} (and / when there is one relay).
     Run {
         /// The data directory made by `hypergate worker init`.
         #[arg(long, env = "HYPERGATE_WORKER_DATA_DIR")]

@@ -22,7 +22,7 @@
 //! - The signing key pair lives in the hypercore's own storage (its oplog),
 //!   created with the log, and in `signing-key.json` beside it (0600), from
 //!   which a log damaged by a crash inside an append is rebuilt when it is
-//!   next opened (see [`repair`]; [`AuditLog::repaired`] reports it). The
+//!   next opened (see `repair`; [`AuditLog::repaired`] reports it). The
 //!   directory is created 0700 and the files 0600.
 //!
 //! What verification proves: no block, tree node or signature was changed
@@ -246,7 +246,7 @@ impl AuditLog {
     /// A log left damaged by a crash inside an append (bytes past the signed
     /// tree, or a tree file behind its oplog) is rebuilt from its data file
     /// and signing key, with the damaged directory kept beside it; see
-    /// [`repair`] for when that is done and when the log is refused instead.
+    /// `repair` for when that is done and when the log is refused instead.
     /// [`Self::repaired`] then says what was done.
     pub async fn open(dir: &Path) -> Result<Self, AuditError> {
         match Self::open_existing_or_new(dir).await {

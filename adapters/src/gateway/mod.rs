@@ -1,14 +1,14 @@
 //! The gateway service: the public front door's behaviour, whatever runtime drives it.
 //!
 //! Contract:
-//! - Workers' links ([`links`]) register their relays and mirror their logs into the
+//! - Workers' links (`links`) register their relays and mirror their logs into the
 //!   gateway's blind-peer store under `<data>/mirror`.
-//! - Client WebSockets ([`clients`]) are forwarded to a worker of the relay while one is
-//!   reachable, served from the mirror ([`replica`]) when none is, and moved back when one
+//! - Client WebSockets (`clients`) are forwarded to a worker of the relay while one is
+//!   reachable, served from the mirror (`replica`) when none is, and moved back when one
 //!   returns.
 //! - Writes while no worker is reachable need a lease of the relay's gateway writer key from
-//!   the escrow ([`escrow_link`]); the key is held in memory only.
-//! - The core [`Gateway`](hypergate_core::gateway::Gateway) decides everything; [`state`] is
+//!   the escrow (`escrow_link`); the key is held in memory only.
+//! - The core [`Gateway`](hypergate_core::gateway::Gateway) decides everything; `state` is
 //!   the one place it is driven.
 //! - The registry (relays, their workers, pending writes, lease epochs) is persisted to
 //!   `<data>/registry.snapshot` after every change, and synchronously before a gateway write

@@ -298,7 +298,7 @@ impl GatewayService {
     }
 
     /// Every HTTP route but the relays' own URLs, which the driver adds (with its WebSocket
-    /// upgrade, or [`http::relay_page_routes`] when it upgrades before routing).
+    /// upgrade, or [`GatewayService::relay_page_routes`] when it upgrades before routing).
     pub fn routes(&self, relay_routes: Router<Arc<HttpState>>) -> Router {
         http::routes()
             .merge(relay_routes)

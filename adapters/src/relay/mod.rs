@@ -8,9 +8,9 @@
 //!   the owner log) are writable; the gateway writer log arrives as a replica
 //!   filled with verified proofs ([`RelayLogs::import_writer_proofs`]).
 //! - [`RelayReader`] reads any [`BlockSource`] — the worker's [`RelayLogs`] or the
-//!   gateway's mirror store — and keeps the core's [`Membership`] and
-//!   [`RelayView`] up to date. [`RelayReader::catch_up`] returns exactly the
-//!   [`ViewChange`]s an index must apply. Every event is checked (id and BIP-340
+//!   gateway's mirror store — and keeps the core's [`Membership`](hypergate_core::relay::Membership) and
+//!   [`RelayView`](hypergate_core::relay::RelayView) up to date. [`RelayReader::catch_up`] returns exactly the
+//!   [`ViewChange`](hypergate_core::relay::ViewChange)s an index must apply. Every event is checked (id and BIP-340
 //!   signature) before it reaches the view; an entry that is not a valid event is
 //!   skipped and counted, never fatal: one bad writer cannot stop a relay.
 //! - Only counted entries are read: a writer's entries while it is a member, and

@@ -27,7 +27,7 @@
 //! Modules: [`config`] (flags and environment), [`auth`] (HMAC, nonces,
 //! allow-list), [`tls`] (rustls with client certificates, hot reload),
 //! [`wire`] (request parsers), [`service`] (state and the rules that keep it
-//! consistent), [`ops`] (the operations), [`handlers`] (routes), [`sweep`]
+//! consistent), [`ops`] (the operations), [`handlers`] (routes), `sweep`
 //! (expiry at TTL), [`metrics`] (Prometheus), [`server`] (start, accept,
 //! shutdown), [`client`] (the API from the caller's side: runtime-neutral, in
 //! `hypergate_adapters::escrow_client`, re-exported here; build it with

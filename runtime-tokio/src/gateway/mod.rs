@@ -3,7 +3,7 @@
 //! Contract:
 //! - The gateway's behaviour is the runtime-neutral service in
 //!   [`hypergate_adapters::gateway`]; this driver binds its two listeners, serves the
-//!   service's routes with axum (the relay URLs' WebSocket upgrade in [`websocket`]), accepts
+//!   service's routes with axum (the relay URLs' WebSocket upgrade in `websocket`), accepts
 //!   worker links and hands each to the service, and runs the service's background work.
 //! - [`start_on`] runs the same gateway on glommio shards instead
 //!   (`hypergate_glommio::gateway`), behind the same [`GatewayHandle`], so one test suite

@@ -6,7 +6,7 @@
 //!   first relay whose owner log records the worker's writer with `AddWriter`, and prints the
 //!   relay key, the worker's peer id and the relay's local WebSocket URL (`--json`: one JSON
 //!   object).
-//! - `run` serves every relay of the data directory over NIP-01 (see [`server`]): events are
+//! - `run` serves every relay of the data directory over NIP-01 (see `server`): events are
 //!   verified (id and signature) by the core session, appended to the worker's writer log
 //!   (durable before `OK true`) and delivered live; `REQ` is answered from the relay index,
 //!   which is rebuilt from the logs at start. SIGINT / SIGTERM close every connection and stop

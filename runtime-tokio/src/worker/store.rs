@@ -1,4 +1,4 @@
-//! [`WorkerStore`]: the relay logs behind the local server's [`RelayHost`], with one owner.
+//! [`WorkerStore`]: the relay logs behind the local server's [`RelayHost`](hypergate_adapters::relay::RelayHost), with one owner.
 //!
 //! Contract:
 //! - Without a gateway the server owns each relay's [`RelayLogs`] itself ([`WorkerStore::Own`]).

@@ -19,7 +19,7 @@
 //!   answered.
 //! - **Pending writes.** A `PendingWritePush` is accepted only on the link whose authenticated
 //!   remote is the pinned gateway (anything else is answered with an `Error` and ignored); it is
-//!   acked, then `WorkerCore`'s effects run against real storage ([`effects`]): the gateway
+//!   acked, then `WorkerCore`'s effects run against real storage (`effects`): the gateway
 //!   writer's blocks are fetched over the link as proofs and verified into the relay, the
 //!   files the gateway wrote to its drive are copied (checked) into the relay's drive
 //!   ([`drive`]), then resync-complete, then rotation (owner-log batch `RemoveWriter` +
@@ -32,7 +32,7 @@
 //!   `advertise_interval`, connected or not).
 //! - **Forwarded sessions.** Once given the relay hosts
 //!   ([`WorkerAgentHandle::serve_forwarded_sessions`]), the agent serves the NIP-01 sessions the
-//!   gateway forwards as `NostrFrame`s against the same hosts as the local server ([`forwarded`]
+//!   gateway forwards as `NostrFrame`s against the same hosts as the local server (`forwarded`
 //!   has the contract); until then, and for relays it does not host, it answers each new
 //!   session with the empty "session ended" frame.
 //! - **Status.** [`WorkerAgentHandle::status`] returns a [`WorkerStatus`] (JSON-serialisable).

@@ -2,7 +2,7 @@
 //! clients as core instances on a virtual clock and a seeded lossy network.
 //!
 //! Every party is a production core machine ([`Gateway`], [`Escrow`],
-//! [`WorkerCore`]); this module is only their adapter: it carries frames and
+//! [`WorkerCore`](hypergate_core::worker::WorkerCore)); this module is only their adapter: it carries frames and
 //! escrow calls over [`net::Net`], performs the workers' effects against an
 //! in-memory model of the logs (the gateway writer log, each worker's store),
 //! and draws one transition per step — worker join/leave/crash/restart (also
@@ -10,7 +10,7 @@
 //! down/up (restarting from its snapshot), gateway restart (from its persisted
 //! registry), client writes and reads, and the passage of time.
 //!
-//! After every step it checks the invariants ([`checks`]); a violation
+//! After every step it checks the invariants (`checks`); a violation
 //! carries the seed (`SIM_SEED=<seed>` replays it). A reference model (plain
 //! maps, no timers) predicts which client writes the gateway must accept. At
 //! the end every fault is healed, every worker brought back, and time runs

@@ -20,10 +20,10 @@ pub struct ServeArgs {
     /// Directory for keypair.json, audit/ and the embedded store [env: HYPERGATE_ESCROW_STORAGE_DIR, ESCROW_STORAGE_DIR; default escrow-data]
     #[arg(long)]
     pub storage_dir: Option<PathBuf>,
-    /// The escrow's X25519 key file [env: HYPERGATE_ESCROW_KEY_PATH; default <storage-dir>/keypair.json]
+    /// The escrow's X25519 key file [env: HYPERGATE_ESCROW_KEY_PATH; default STORAGE_DIR/keypair.json]
     #[arg(long)]
     pub key_path: Option<PathBuf>,
-    /// The audit log directory [env: HYPERGATE_ESCROW_AUDIT_DIR; default <storage-dir>/audit]
+    /// The audit log directory [env: HYPERGATE_ESCROW_AUDIT_DIR; default STORAGE_DIR/audit]
     #[arg(long)]
     pub audit_dir: Option<PathBuf>,
     /// An allowed client, `ID=ROLE` or `ID=ROLE:PEER_HEX`; ROLE is worker, gateway or operator (repeatable) [env: HYPERGATE_ESCROW_CLIENTS, comma-separated]
