@@ -35,7 +35,9 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use hyper::{Request, Response, StatusCode};
-use hypergate_adapters::gateway::{FromClient, GatewayOptions, GatewayService, ToClient};
+use hypergate_adapters::gateway::{
+    FromClient, GatewayOptions, GatewayService, ToClient, websocket_relay_name,
+};
 use hypergate_adapters::rt::{Spawner, Task};
 use hypergate_core::ids::PeerId;
 use tungstenite::Message;
@@ -289,35 +291,10 @@ async fn accept_links(service: Arc<GatewayService>, listener: TcpListener) {
     }
 }
 
-/// The relay a WebSocket URL names: `/relay/{key}`, or the original's `/{a}/{b}` (the
-/// identifier `a:b`), as the tokio driver's routes read them.
-fn relay_name(path: &str) -> Option<String> {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["relay", key] if !key.is_empty() => Some(percent_decoded(key)),
-        // Routes of their own take these first segments (as axum prefers static segments).
-        [
-            "api" | "pfp" | "relay" | "drive" | "post" | "callback" | "health" | "metrics",
-            _,
-        ] => None,
-        [a, b] if !a.is_empty() && !b.is_empty() => {
-            Some(format!("{}:{}", percent_decoded(a), percent_decoded(b)))
-        }
-        _ => None,
-    }
-}
-
-/// A path segment with its `%xx` escapes decoded (axum's `Path` does the same).
-fn percent_decoded(segment: &str) -> String {
-    percent_encoding::percent_decode_str(segment)
-        .decode_utf8_lossy()
-        .into_owned()
-}
-
 /// What a shard does with a WebSocket upgrade: a relay URL becomes a client session; any
 /// other URL is plain HTTP to the routes.
 fn upgrade(service: &Arc<GatewayService>, head: &RequestHead, remote: SocketAddr) -> Upgrade {
-    let Some(relay_name) = relay_name(&head.path) else {
+    let Some(relay_name) = websocket_relay_name(&head.path) else {
         return Upgrade::Http;
     };
     let target = match &head.query {
@@ -410,26 +387,5 @@ impl hyper::service::Service<Request<Incoming>> for AxumService {
                 }
             }
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn relay_urls_name_relays_and_other_urls_do_not() {
-        assert_eq!(relay_name("/relay/abc").as_deref(), Some("abc"));
-        assert_eq!(
-            relay_name("/npub1x/my-relay").as_deref(),
-            Some("npub1x:my-relay")
-        );
-        assert_eq!(relay_name("/a%3Ab/c").as_deref(), Some("a:b:c"));
-        assert_eq!(relay_name("/api/relays"), None);
-        assert_eq!(relay_name("/pfp/file.png"), None);
-        assert_eq!(relay_name("/health"), None);
-        assert_eq!(relay_name("/drive/a/b"), None);
-        assert_eq!(relay_name("/relay/"), None);
-        assert_eq!(relay_name("/"), None);
     }
 }

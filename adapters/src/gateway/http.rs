@@ -331,3 +331,51 @@ pub fn accepts_nostr_json(headers: &HeaderMap) -> bool {
                 .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/nostr+json"))
         })
 }
+
+/// The relay a WebSocket URL names: `/relay/{key}`, or the original's `/{a}/{b}` (the
+/// identifier `a:b`), as [`routes`] and the relay routes read them; `None` for a URL a route
+/// of its own takes (first segments `api`, `pfp`, `drive`, …, as axum prefers static segments
+/// over `{a}`). For a driver that sees upgrades before routing.
+pub fn websocket_relay_name(path: &str) -> Option<String> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["relay", key] if !key.is_empty() => Some(percent_decoded(key)),
+        // Routes of their own take these first segments (as axum prefers static segments).
+        [
+            "api" | "pfp" | "relay" | "drive" | "post" | "callback" | "health" | "metrics",
+            _,
+        ] => None,
+        [a, b] if !a.is_empty() && !b.is_empty() => {
+            Some(format!("{}:{}", percent_decoded(a), percent_decoded(b)))
+        }
+        _ => None,
+    }
+}
+
+/// A path segment with its `%xx` escapes decoded (axum's `Path` does the same).
+fn percent_decoded(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_urls_name_relays_and_other_urls_do_not() {
+        assert_eq!(websocket_relay_name("/relay/abc").as_deref(), Some("abc"));
+        assert_eq!(
+            websocket_relay_name("/npub1x/my-relay").as_deref(),
+            Some("npub1x:my-relay")
+        );
+        assert_eq!(websocket_relay_name("/a%3Ab/c").as_deref(), Some("a:b:c"));
+        assert_eq!(websocket_relay_name("/api/relays"), None);
+        assert_eq!(websocket_relay_name("/pfp/file.png"), None);
+        assert_eq!(websocket_relay_name("/health"), None);
+        assert_eq!(websocket_relay_name("/drive/a/b"), None);
+        assert_eq!(websocket_relay_name("/relay/"), None);
+        assert_eq!(websocket_relay_name("/"), None);
+    }
+}

@@ -35,5 +35,5 @@ mod tokens;
 mod write_batch;
 
 pub use clients::{FromClient, ToClient};
-pub use http::{HttpState, accepts_nostr_json};
+pub use http::{HttpState, accepts_nostr_json, websocket_relay_name};
 pub use service::{ClientAdmission, ClientLimits, GatewayOptions, GatewayService, StartError};

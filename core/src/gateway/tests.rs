@@ -149,16 +149,21 @@ fn worker_loss_falls_back_to_the_replica_and_recovery_returns_the_session() {
     )));
 }
 
-#[test]
-fn a_restored_registry_makes_relays_routable_before_workers_return() {
-    let t0 = test_start();
+/// A gateway that registered the worker's relay, then restarted from its registry snapshot
+/// with no worker linked.
+fn restarted_after_registration(t0: Instant) -> Gateway {
     let mut first = Gateway::new(GatewayConfig::default(), t0, UnixTime(0));
     first.handle_link_up(WORKER, t0);
     first.handle_frame(WORKER, register_frame(), t0);
     let bytes = first.registry().snapshot_bytes().unwrap();
-
     let registry = Registry::restore_bytes(&bytes).unwrap();
-    let mut restarted = Gateway::with_registry(GatewayConfig::default(), registry, t0, UnixTime(0));
+    Gateway::with_registry(GatewayConfig::default(), registry, t0, UnixTime(0))
+}
+
+#[test]
+fn a_restored_registry_makes_relays_routable_before_workers_return() {
+    let t0 = test_start();
+    let mut restarted = restarted_after_registration(t0);
     restarted.handle_mirror_stored(RELAY, [3; 32], 4, t0);
     let session = restarted
         .open_session("npub1x:demo", SessionKind::Client, t0)
@@ -169,13 +174,7 @@ fn a_restored_registry_makes_relays_routable_before_workers_return() {
 #[test]
 fn a_mirror_found_at_start_serves_sessions_of_a_restored_relay_without_a_worker() {
     let t0 = test_start();
-    let mut first = Gateway::new(GatewayConfig::default(), t0, UnixTime(0));
-    first.handle_link_up(WORKER, t0);
-    first.handle_frame(WORKER, register_frame(), t0);
-    let bytes = first.registry().snapshot_bytes().unwrap();
-
-    let registry = Registry::restore_bytes(&bytes).unwrap();
-    let mut restarted = Gateway::with_registry(GatewayConfig::default(), registry, t0, UnixTime(0));
+    let mut restarted = restarted_after_registration(t0);
     let before = restarted
         .open_session("npub1x:demo", SessionKind::Client, t0)
         .unwrap();
