@@ -333,7 +333,7 @@ pub fn accepts_nostr_json(headers: &HeaderMap) -> bool {
 }
 
 /// The relay a WebSocket URL names: `/relay/{key}`, or the original's `/{a}/{b}` (the
-/// identifier `a:b`), as [`routes`] and the relay routes read them; `None` for a URL a route
+/// identifier `a:b`), as the route table and the relay routes read them; `None` for a URL a route
 /// of its own takes (first segments `api`, `pfp`, `drive`, …, as axum prefers static segments
 /// over `{a}`). For a driver that sees upgrades before routing.
 pub fn websocket_relay_name(path: &str) -> Option<String> {
