@@ -9,8 +9,9 @@
 //!   log). Block `i` of a log is the same bytes everywhere: every block is covered
 //!   by the Merkle tree that the owner's key signs.
 //! - [`HyperLog::append`] and [`HyperLog::append_batch`] return after the blocks,
-//!   the tree and the oplog have been written with `fsync` (hypercore's disk
-//!   storage syncs every write by default). A batch costs one round of syncs, so
+//!   the tree and the oplog are durable (`fdatasync`), and so do the calls that
+//!   store proofs; in between, the log's files are synced only where crash safety
+//!   needs it (see the `storage` module). A batch costs one round of syncs, so
 //!   batching is how a busy writer amortises durability.
 //! - Replication is by proofs: the holder of a log exports [`Proof`]s for a block
 //!   range ([`HyperLog::export_range`], a push to a replica that holds everything
@@ -25,9 +26,11 @@
 //!   (see `docs/decisions.md`).
 
 mod proof;
+mod storage;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hypercore::{
     Hypercore, HypercoreBuilder, HypercoreError, PartialKeypair, SigningKey, Storage, VerifyingKey,
@@ -36,6 +39,7 @@ use hypercore_schema::{RequestBlock, RequestUpgrade};
 
 pub use hypercore_schema::Proof;
 pub use proof::{MAX_BLOCK_BYTES, MAX_NODES, ProofDecodeError, decode_proof, encode_proof};
+use storage::SyncGroup;
 
 /// Why a log operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +106,8 @@ pub enum LogError {
 pub struct HyperLog {
     core: Hypercore,
     dir: PathBuf,
+    /// Syncs the log's files; `None` for a log in memory.
+    files: Option<Arc<SyncGroup>>,
 }
 
 /// What a replica asks the holder of a log for: blocks, each with the number of
@@ -134,7 +140,7 @@ impl HyperLog {
         if exists(dir) {
             return Err(LogError::AlreadyExists(dir.to_path_buf()));
         }
-        let storage = disk_storage(dir, true).await?;
+        let (storage, files) = disk_storage(dir, true).await?;
         let mut builder = HypercoreBuilder::new(storage);
         if let Some(secret) = key {
             builder = builder.key_pair(PartialKeypair {
@@ -144,10 +150,7 @@ impl HyperLog {
         }
         let core = builder.build().await.map_err(|e| storage_error(dir, e))?;
         restrict_to_owner(dir)?;
-        Ok(HyperLog {
-            core,
-            dir: dir.to_path_buf(),
-        })
+        HyperLog::synced(core, dir, files).await
     }
 
     /// Creates an empty read-only replica of the log whose public key is `key`, to
@@ -156,7 +159,7 @@ impl HyperLog {
         if exists(dir) {
             return Err(LogError::AlreadyExists(dir.to_path_buf()));
         }
-        let storage = disk_storage(dir, true).await?;
+        let (storage, files) = disk_storage(dir, true).await?;
         let core = HypercoreBuilder::new(storage)
             .key_pair(PartialKeypair {
                 public: key,
@@ -165,10 +168,7 @@ impl HyperLog {
             .build()
             .await
             .map_err(|e| storage_error(dir, e))?;
-        Ok(HyperLog {
-            core,
-            dir: dir.to_path_buf(),
-        })
+        HyperLog::synced(core, dir, files).await
     }
 
     /// Creates a writable log that lives in memory only, holding `key`: the gateway's signer
@@ -187,7 +187,11 @@ impl HyperLog {
             .build()
             .await
             .map_err(|e| storage_error(&dir, e))?;
-        Ok(HyperLog { core, dir })
+        Ok(HyperLog {
+            core,
+            dir,
+            files: None,
+        })
     }
 
     /// Opens the existing log in `dir` (writable if its secret key is stored there).
@@ -195,16 +199,14 @@ impl HyperLog {
         if !exists(dir) {
             return Err(LogError::NotFound(dir.to_path_buf()));
         }
-        let storage = disk_storage(dir, false).await?;
+        let (storage, files) = disk_storage(dir, false).await?;
         let core = HypercoreBuilder::new(storage)
             .open(true)
             .build()
             .await
             .map_err(|e| storage_error(dir, e))?;
-        Ok(HyperLog {
-            core,
-            dir: dir.to_path_buf(),
-        })
+        // Opening may replay oplog entries into the tree and bitfield.
+        HyperLog::synced(core, dir, files).await
     }
 
     /// Opens the log in `dir` and checks it is the log of `key`.
@@ -227,6 +229,43 @@ impl HyperLog {
         } else {
             HyperLog::create(dir, None).await
         }
+    }
+
+    /// A log on disk whose creation or opening is made durable first.
+    async fn synced(
+        core: Hypercore,
+        dir: &Path,
+        files: Arc<SyncGroup>,
+    ) -> Result<HyperLog, LogError> {
+        let log = HyperLog {
+            core,
+            dir: dir.to_path_buf(),
+            files: Some(files),
+        };
+        log.sync().await?;
+        Ok(log)
+    }
+
+    /// Makes every change so far durable (see the `storage` module). The future holds no
+    /// borrow of the log, which is not `Sync`, so callers' futures stay `Send`.
+    fn sync(&self) -> impl Future<Output = Result<(), LogError>> + Send + 'static {
+        let files = self.files.clone();
+        let dir = self.dir.clone();
+        async move {
+            match files {
+                Some(files) => files
+                    .sync()
+                    .await
+                    .map_err(|e| storage_error(&dir, HypercoreError::from(e))),
+                None => Ok(()),
+            }
+        }
+    }
+
+    /// File syncs issued for this log since it was opened (0 in memory).
+    #[cfg(test)]
+    fn file_syncs(&self) -> u64 {
+        self.files.as_ref().map_or(0, |files| files.file_syncs())
     }
 
     /// The directory the log lives in.
@@ -287,6 +326,7 @@ impl HyperLog {
             .append_batch(blocks)
             .await
             .map_err(|e| storage_error(&self.dir, e))?;
+        self.sync().await?;
         Ok(start..outcome.length)
     }
 
@@ -355,8 +395,13 @@ impl HyperLog {
     }
 
     /// Verifies `proof` against this log's public key and signed tree and, only if
-    /// it verifies, stores what it carries.
+    /// it verifies, stores what it carries; returns once that is durable.
     pub async fn apply_proof(&mut self, proof: &Proof) -> Result<(), LogError> {
+        self.apply_proof_unsynced(proof).await?;
+        self.sync().await
+    }
+
+    async fn apply_proof_unsynced(&mut self, proof: &Proof) -> Result<(), LogError> {
         if let Some(block) = &proof.block
             && block.value.len() > MAX_BLOCK_BYTES
         {
@@ -456,9 +501,10 @@ impl HyperLog {
             return Ok(0);
         };
         for proof in proofs {
-            self.apply_proof(proof).await?;
+            self.apply_proof_unsynced(proof).await?;
         }
         self.checkpoint(last).await?;
+        self.sync().await?;
         Ok(proofs.len() as u64)
     }
 
@@ -513,8 +559,8 @@ pub fn exists(dir: &Path) -> bool {
     std::fs::metadata(dir.join(OPLOG_FILE)).is_ok_and(|m| m.len() > 0)
 }
 
-async fn disk_storage(dir: &Path, overwrite: bool) -> Result<Storage, LogError> {
-    Storage::new_disk(&dir.to_path_buf(), overwrite)
+async fn disk_storage(dir: &Path, overwrite: bool) -> Result<(Storage, Arc<SyncGroup>), LogError> {
+    storage::open_grouped(dir, overwrite)
         .await
         .map_err(|e| storage_error(dir, e))
 }
