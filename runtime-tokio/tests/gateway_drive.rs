@@ -4,8 +4,8 @@
 //!
 //! Worker online → registered and deposited; a PUT is refused without a token (401), with a
 //! bad token (403), with an empty body (400); worker SIGKILLed → past the escrow's liveness
-//! timeout a PUT with a client token is stored under a lease (202) and the gateway serves the
-//! file from its own drive; the worker returns → push → the drive files are fetched and checked
+//! timeout a PUT with a client token is stored under a lease (202), one whose pending mark
+//! cannot be written is refused (503), and the gateway serves the file from its own drive; the worker returns → push → the drive files are fetched and checked
 //! → resync-complete clears the pending flag, and the worker serves the file itself, locally
 //! and through the gateway's peer-first read (told apart by the worker's `content-type`).
 
@@ -133,6 +133,21 @@ async fn scenario(runtime: GatewayRuntime) {
     let pending = get_json(gateway.http_addr, "/api/blind-peer/replicas").await;
     assert_eq!(pending["replicas"][0]["gatewayPendingWrites"], true);
 
+    // A write whose pending mark cannot reach the registry snapshot is not acknowledged: a
+    // directory where the snapshot goes makes its replacement fail, even for root.
+    let snapshot = gateway_data.path().join("registry.snapshot");
+    std::fs::remove_file(&snapshot).unwrap();
+    std::fs::create_dir(&snapshot).unwrap();
+    std::fs::write(snapshot.join("in-the-way"), b"").unwrap();
+    let elsewhere = format!("/drive/{relay}/unrecorded.txt?token={token}");
+    let unrecorded = http_request(gateway.http_addr, "PUT", &elsewhere, b"second").await;
+    assert_eq!(unrecorded.status, 503, "{:?}", unrecorded.json());
+    assert_eq!(
+        unrecorded.json()["error"],
+        "gateway-pending-write-not-recorded"
+    );
+    std::fs::remove_dir_all(&snapshot).unwrap();
+
     // With no worker, the gateway serves it from its own drive.
     let from_gateway = http_request(gateway.http_addr, "GET", &drive_path, b"").await;
     assert_eq!(from_gateway.status, 200);
@@ -176,7 +191,9 @@ async fn scenario(runtime: GatewayRuntime) {
         "the gateway never read the file from the worker"
     );
 
-    // The import was recorded after the files: a restart has nothing left to fetch.
+    // The import was recorded after the files: a restart has nothing left to fetch. It reached
+    // the drive's last version, the upload whose mark failed (stored all the same, one after
+    // the acknowledged one).
     let record: serde_json::Value = serde_json::from_slice(
         &std::fs::read(
             worker_dir
@@ -190,7 +207,7 @@ async fn scenario(runtime: GatewayRuntime) {
     .unwrap();
     assert_eq!(
         record["drives"][relay.as_str()]["version"],
-        stored.json()["driveVersion"]
+        stored.json()["driveVersion"].as_u64().unwrap() + 1
     );
 
     // The worker's drive is mirrored into the gateway like its relay logs (both of its logs,

@@ -29,7 +29,9 @@ use hypergate_core::wire::{BoundedString, Header, HttpMethod, PendingType};
 use rand_core::{OsRng, TryRngCore};
 use serde_json::{Map, Value, json};
 
-use super::drive::{check_token, lease_for_write, relay_response, worker_request};
+use super::drive::{
+    check_token, lease_for_write, relay_response, unrecorded_write, worker_request,
+};
 use super::http::{HttpState, error};
 
 /// Headers never stored in an artifact.
@@ -149,7 +151,7 @@ async fn handle(
             };
             permit.appended(mark);
             if let Err(e) = shared.persist_registry().await {
-                tracing::error!(error = %e, "the registry snapshot could not be written");
+                return unrecorded_write(&e);
             }
             (
                 StatusCode::ACCEPTED,

@@ -305,7 +305,7 @@ pub(crate) async fn put_drive(
             };
             permit.appended(mark);
             if let Err(e) = shared.persist_registry().await {
-                tracing::error!(error = %e, "the registry snapshot could not be written");
+                return unrecorded_write(&e);
             }
             (
                 StatusCode::ACCEPTED,
@@ -325,6 +325,19 @@ pub(crate) async fn put_drive(
             error(StatusCode::SERVICE_UNAVAILABLE, "gateway-drive-unavailable")
         }
     }
+}
+
+/// The answer to a leased drive write or artifact that is stored but whose pending mark could
+/// not be written to the registry snapshot: not `202`, because a crash now would leave the
+/// write unmarked and never resynced, so the client is told to retry (as a leased `EVENT`
+/// is answered `OK false "error: …"`). The stored file is harmless: a retry stores a new
+/// version, and a later snapshot still marks the relay pending.
+pub(crate) fn unrecorded_write(cause: &std::io::Error) -> Response {
+    tracing::error!(error = %cause, "the registry snapshot could not be written");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "gateway-pending-write-not-recorded",
+    )
 }
 
 /// `GET /pfp/:file`.
