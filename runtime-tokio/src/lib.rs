@@ -35,9 +35,10 @@ pub mod worker_agent;
 
 /// tungstenite's read buffer per client WebSocket (gateway and worker). tungstenite allocates
 /// its default, 128 KiB, up front for every socket, which made an idle connection cost
-/// ≈ 135 KiB; most Nostr frames fit in 4 KiB and a larger one grows the buffer
-/// (`docs/benchmarks.md`, decisions D115).
-pub(crate) const WEBSOCKET_READ_BUFFER_BYTES: usize = 4096;
+/// ≈ 135 KiB (D115). Most Nostr frames fit in 1 KiB; a larger one gets a buffer reserved
+/// for its whole length and is read 1 KiB per `read` (D129: 4 KiB cost ~3 KiB more per idle
+/// connection).
+pub(crate) const WEBSOCKET_READ_BUFFER_BYTES: usize = 1024;
 
 /// A [`Spawner`](hypergate_adapters::rt::Spawner) for the runtime-neutral services (the escrow
 /// client): tasks run on the tokio runtime current where they are spawned, else on the one

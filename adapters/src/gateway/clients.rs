@@ -69,6 +69,8 @@ pub(crate) struct ClientConfig {
 }
 
 type LiveItem = (SubscriptionId, SubscriberId, LiveMessage);
+/// The session's live channel, once it has one.
+type LiveChannel = Option<(mpsc::Sender<LiveItem>, mpsc::Receiver<LiveItem>)>;
 
 /// A client write once the core's answer (and the escrow's, if it waited) is in.
 struct WriteDone {
@@ -104,7 +106,9 @@ struct Client {
     subscriptions: BTreeMap<String, String>,
     delivered: DeliveredLog,
     out: mpsc::Sender<ToClient>,
-    live_tx: mpsc::Sender<LiveItem>,
+    /// Live messages of the replica subscriptions' forwarders, made with the first one: an
+    /// idle session does not pay for the channel's first block.
+    live: LiveChannel,
     /// Writes waiting for the core's or the escrow's answer, polled by the session loop.
     writes: FuturesUnordered<BoxFuture<'static, WriteDone>>,
     /// Of `writes`, those whose append the core already counts as in flight from the start
@@ -112,6 +116,20 @@ struct Client {
     counted_in_flight: usize,
     /// NIP-42, for a relay that requires authentication and a client without a token.
     auth: Option<AuthGate>,
+}
+
+/// Where a live-subscription forwarder sends; the channel is made on first use.
+fn live_sender(live: &mut LiveChannel) -> mpsc::Sender<LiveItem> {
+    let (sender, _) = live.get_or_insert_with(|| mpsc::channel(LIVE_CHANNEL));
+    sender.clone()
+}
+
+/// The next live message, once the session has a live channel.
+async fn next_live(live: &mut LiveChannel) -> Option<LiveItem> {
+    match live {
+        Some((_, receiver)) => receiver.recv().await,
+        None => None,
+    }
 }
 
 /// A fresh NIP-42 gate: the challenge must differ per connection.
@@ -244,7 +262,6 @@ async fn run_session<St: Stream<Item = FromClient> + Unpin>(
     };
     shared.metrics.client_connected();
 
-    let (live_tx, mut live_rx) = mpsc::channel::<LiveItem>(LIVE_CHANNEL);
     let mut budget = FrameBudget::new(
         config.frames_per_second,
         config.frame_burst,
@@ -259,7 +276,7 @@ async fn run_session<St: Stream<Item = FromClient> + Unpin>(
         subscriptions: BTreeMap::new(),
         delivered: DeliveredLog::default(),
         out,
-        live_tx,
+        live: None,
         writes: FuturesUnordered::new(),
         counted_in_flight: 0,
         auth: match access {
@@ -297,7 +314,9 @@ async fn run_session<St: Stream<Item = FromClient> + Unpin>(
                     Some(FromClient::Closed) | None => Err(Ending::Closed),
                 },
                 Some(signal) = signals.recv() => client.on_signal(signal).await,
-                Some((subscription, subscriber, message)) = live_rx.recv() => {
+                Some((subscription, subscriber, message)) = next_live(&mut client.live),
+                    if client.live.is_some() =>
+                {
                     client.on_live(&subscription, subscriber, &message)
                 }
                 Some(done) = client.writes.next(), if !client.writes.is_empty() => {
@@ -651,7 +670,7 @@ impl Client {
                 let forwarder = self
                     .shared
                     .spawner
-                    .spawn_with_handle(forward_live(live, self.live_tx.clone()));
+                    .spawn_with_handle(forward_live(live, live_sender(&mut self.live)));
                 replica.forwarders.push(forwarder);
             }
             for event in publishes {
