@@ -105,7 +105,7 @@ struct Client {
     /// Open REQs by subscription id, as the client sent them.
     subscriptions: BTreeMap<String, String>,
     delivered: DeliveredLog,
-    out: mpsc::Sender<ToClient>,
+    out: flume::Sender<ToClient>,
     /// Live messages of the replica subscriptions' forwarders, made with the first one: an
     /// idle session does not pay for the channel's first block.
     live: LiveChannel,
@@ -185,7 +185,9 @@ pub(crate) async fn serve<Si, St>(
     Si: Sink<ToClient> + Unpin,
     St: Stream<Item = FromClient> + Unpin,
 {
-    let (out, out_rx) = mpsc::channel::<ToClient>(config.outbound_queue.max(1));
+    // flume, not tokio's mpsc: its queue allocates as frames arrive, where tokio's allocates
+    // a 32-slot block per channel up front, which every idle connection paid (D129).
+    let (out, out_rx) = flume::bounded::<ToClient>(config.outbound_queue.max(1));
     let writer = write_to_client(outgoing, out_rx);
     let session = run_session(incoming, out, shared, relay_name, config, access, shutdown);
     futures_util::pin_mut!(writer, session);
@@ -209,10 +211,11 @@ pub(crate) async fn serve<Si, St>(
 /// Writes queued frames to the client until the queue closes, then closes the socket.
 async fn write_to_client<Si: Sink<ToClient> + Unpin>(
     mut sink: Si,
-    mut queue: mpsc::Receiver<ToClient>,
+    queue: flume::Receiver<ToClient>,
 ) {
     // Everything queued goes out in one flush: a REQ's answer is one write, not eleven.
-    while let Some(message) = queue.recv().await {
+    let mut incoming = queue.stream();
+    while let Some(message) = incoming.next().await {
         if sink.feed(message).await.is_err() {
             return;
         }
@@ -232,7 +235,7 @@ async fn write_to_client<Si: Sink<ToClient> + Unpin>(
 /// refusal's close frame last).
 async fn run_session<St: Stream<Item = FromClient> + Unpin>(
     mut stream: St,
-    out: mpsc::Sender<ToClient>,
+    out: flume::Sender<ToClient>,
     shared: Arc<Shared>,
     relay_name: String,
     config: ClientConfig,
@@ -243,7 +246,10 @@ async fn run_session<St: Stream<Item = FromClient> + Unpin>(
         let _ = out.try_send(ToClient::Close(code, reason));
         return Ending::Refused(code, reason);
     }
-    let (signal_tx, mut signals) = mpsc::channel(SIGNAL_QUEUE);
+    let (signal_tx, signals) = flume::bounded(SIGNAL_QUEUE);
+    // A stream keeps its wake-up registration between polls; a fresh `recv_async` per turn
+    // of the loop would allocate and unregister one every time.
+    let mut signals = signals.into_stream();
     let opened = shared.with_core(|state, now| {
         let session = state
             .core
@@ -313,7 +319,7 @@ async fn run_session<St: Stream<Item = FromClient> + Unpin>(
                     Some(FromClient::Control) => Ok(()),
                     Some(FromClient::Closed) | None => Err(Ending::Closed),
                 },
-                Some(signal) = signals.recv() => client.on_signal(signal).await,
+                Some(signal) = signals.next() => client.on_signal(signal).await,
                 Some((subscription, subscriber, message)) = next_live(&mut client.live),
                     if client.live.is_some() =>
                 {
@@ -354,8 +360,8 @@ impl Client {
     fn send_text(&self, text: String) -> Result<(), Ending> {
         match self.out.try_send(ToClient::Text(text)) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(Ending::TooSlow),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Ending::Closed),
+            Err(flume::TrySendError::Full(_)) => Err(Ending::TooSlow),
+            Err(flume::TrySendError::Disconnected(_)) => Err(Ending::Closed),
         }
     }
 

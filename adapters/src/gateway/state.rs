@@ -35,7 +35,7 @@ use hypergate_core::lease::LeaseEvent;
 use hypergate_core::router::{RouterEvent, SessionId};
 use hypergate_core::time::UnixTime;
 use hypergate_core::wire::{Frame, Message};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 
 use super::escrow_link::EscrowLink;
 use super::link_queue::LinkQueue;
@@ -84,7 +84,7 @@ pub(crate) struct CoreState {
     /// The links themselves, for requests that wait for an answer (forwarded HTTP).
     pub(crate) links: BTreeMap<PeerId, PeerLink>,
     /// Client sessions, by the router's id.
-    pub(crate) sessions: BTreeMap<SessionId, mpsc::Sender<SessionSignal>>,
+    pub(crate) sessions: BTreeMap<SessionId, flume::Sender<SessionSignal>>,
     /// Writes waiting for a lease request's answer.
     pub(crate) waiting_writes: BTreeMap<WriteId, oneshot::Sender<WriteDecision>>,
     next_write: u64,
