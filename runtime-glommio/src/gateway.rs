@@ -50,7 +50,7 @@ use crate::http::{self, ACCEPT_POLL, Handlers, ServeError, ShardedServer, Upgrad
 use crate::peer_link::accept_tcp;
 
 /// tungstenite's read buffer per client WebSocket: its 128 KiB default made an idle
-/// connection cost ~138 KiB (D115); 4 KiB cost ~2 KiB more per idle connection than 1 KiB,
+/// connection cost ~138 KiB (D115); 4 KiB cost 2–3 KiB more per idle connection than 1 KiB,
 /// which most Nostr frames fit (D129).
 const READ_BUFFER_BYTES: usize = 1024;
 
