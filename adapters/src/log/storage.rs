@@ -32,13 +32,8 @@ use random_access_storage::{RandomAccess, RandomAccessError};
 
 use crate::rt;
 
-/// The files of one log, in [`store_slot`] order.
-const FILES: [(Store, &str); 4] = [
-    (Store::Tree, "tree"),
-    (Store::Data, "data"),
-    (Store::Bitfield, "bitfield"),
-    (Store::Oplog, "oplog"),
-];
+/// The file names of one log (hypercore's own), in [`store_slot`] order.
+const FILE_NAMES: [&str; 4] = ["tree", "data", "bitfield", "oplog"];
 const OPLOG: usize = 3;
 
 fn store_slot(store: &Store) -> usize {
@@ -94,7 +89,8 @@ impl SyncGroup {
     }
 
     async fn sync_scope(&self, scope: Scope) -> std::io::Result<()> {
-        let mut taken = Vec::new();
+        let mut slots = Vec::new();
+        let mut files = Vec::new();
         for (slot, dirty) in self.dirty.iter().enumerate() {
             if scope == Scope::AllButOplog && slot == OPLOG {
                 continue;
@@ -102,17 +98,17 @@ impl SyncGroup {
             if dirty.swap(false, Ordering::AcqRel)
                 && let Some(file) = self.files[slot].get()
             {
-                taken.push((slot, Arc::clone(file)));
+                slots.push(slot);
+                files.push(Arc::clone(file));
             }
         }
         let dir = self
             .dir_dirty
             .swap(false, Ordering::AcqRel)
             .then(|| self.dir.clone());
-        if taken.is_empty() && dir.is_none() {
+        if files.is_empty() && dir.is_none() {
             return Ok(());
         }
-        let files: Vec<Arc<File>> = taken.iter().map(|(_, file)| Arc::clone(file)).collect();
         self.file_syncs
             .fetch_add(files.len() as u64, Ordering::Relaxed);
         let synced = rt::unblock(move || {
@@ -127,8 +123,8 @@ impl SyncGroup {
         .await;
         if synced.is_err() {
             // Nothing is known to be durable: the next sync tries every one of them again.
-            for (slot, _) in &taken {
-                self.dirty[*slot].store(true, Ordering::Release);
+            for slot in slots {
+                self.dirty[slot].store(true, Ordering::Release);
             }
             self.dir_dirty.store(true, Ordering::Release);
         }
@@ -163,7 +159,7 @@ struct GroupedFile {
 impl GroupedFile {
     fn open(group: &Arc<SyncGroup>, store: &Store) -> std::io::Result<GroupedFile> {
         let slot = store_slot(store);
-        let path = group.dir.join(FILES[slot].1);
+        let path = group.dir.join(FILE_NAMES[slot]);
         let existed = path.exists();
         let file = OpenOptions::new()
             .read(true)
