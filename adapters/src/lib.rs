@@ -28,6 +28,8 @@
 //! - [`index`]: the relay index (one redb file per relay answering NIP-01 filters) and the live
 //!   feed of newly visible events.
 
+#![forbid(unsafe_code)]
+
 pub mod audit;
 pub mod clock;
 pub mod crypto;

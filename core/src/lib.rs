@@ -22,6 +22,7 @@
 //!   reserved room for calm flows and for the link's own control frames.
 //! - [`ids`], [`time`]: identities and time types shared by all of the above.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod escrow;

@@ -47,6 +47,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::http::head::RequestHead;
 use crate::http::{self, ACCEPT_POLL, Handlers, ServeError, ShardedServer, Upgrade};
+use crate::listener::PortSharing;
 use crate::peer_link::accept_tcp;
 
 /// tungstenite's read buffer per client WebSocket: its 128 KiB default made an idle
@@ -232,7 +233,7 @@ fn start_shard_zero(
     bound: &std::sync::mpsc::Sender<Result<SocketAddr, String>>,
     background_done: &std::sync::mpsc::Sender<()>,
 ) {
-    let listener = match TcpListener::bind(listen) {
+    let listener = match crate::listener::bind(listen, PortSharing::Exclusive) {
         Ok(listener) => listener,
         Err(error) => {
             let _ = bound.send(Err(error.to_string()));

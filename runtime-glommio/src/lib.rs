@@ -12,11 +12,14 @@
 //! - [`peer_link`]: the gateway⇄worker link over glommio TCP.
 //! - [`http`]: HTTP/1.1 and WebSocket serving, one `SO_REUSEPORT` listener
 //!   per pinned executor.
+//! - `listener`: those listening sockets, with `SO_REUSEADDR` too (the crate's one
+//!   `unsafe` block, which adopts the socket into glommio).
 //! - [`gateway`]: the gateway service of `hypergate_adapters::gateway` on those shards
 //!   (`hypergate gateway --runtime glommio`).
 
 pub mod executor;
 pub mod gateway;
 pub mod http;
+mod listener;
 pub mod peer_link;
 pub mod timers;

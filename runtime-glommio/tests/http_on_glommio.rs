@@ -25,7 +25,12 @@ const SHARDS: usize = 2;
 
 /// `/health` names the shard; `/echo` WebSockets echo `"<shard>:<text>"`; nothing else exists.
 fn start() -> ShardedServer {
-    http::serve("127.0.0.1:0".parse().unwrap(), SHARDS, |shard| Handlers {
+    start_at("127.0.0.1:0".parse().unwrap())
+}
+
+/// [`start`] on `addr`.
+fn start_at(addr: SocketAddr) -> ShardedServer {
+    http::serve(addr, SHARDS, |shard| Handlers {
         http: hyper::service::service_fn(move |request: hyper::Request<_>| async move {
             let (status, body) = if request.uri().path() == "/health" {
                 (
@@ -100,6 +105,29 @@ fn both_shards_take_websockets_on_one_reuseport_address_and_echo() {
         SHARDS,
         "shards that served: {shards_seen:?}"
     );
+    server.stop();
+}
+
+/// A port whose last listener (not `SO_REUSEPORT`, as tokio's and std's are not) is closed
+/// while its connections still linger half-closed binds at once, as it would for tokio: what
+/// a gateway restarted with `--runtime glommio` right after a tokio one needs.
+#[test]
+fn a_port_a_closed_listener_left_lingering_connections_on_binds_at_once() {
+    let previous = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = previous.local_addr().unwrap();
+    let client = TcpStream::connect(addr).unwrap();
+    let (accepted, _) = previous.accept().unwrap();
+    // The server's side closes first: it lingers in FIN-WAIT-2 while the client keeps its end.
+    drop(accepted);
+    drop(previous);
+    let server = start_at(addr);
+    assert_eq!(server.local_addr(), addr);
+    let answer = raw(
+        addr,
+        b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(client);
     server.stop();
 }
 

@@ -21,6 +21,8 @@
 //!
 //! [`Gateway`]: hypergate_core::gateway::Gateway
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod bench;
 pub mod demo;

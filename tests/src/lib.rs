@@ -11,6 +11,8 @@
 //! - [`corpus`]: locating the committed fuzz corpus so `cargo test` replays it.
 //! - [`decoders`]: the storage decoders behind the `storage_decode` fuzz target.
 
+#![forbid(unsafe_code)]
+
 pub mod churn;
 pub mod corpus;
 pub mod decoders;

@@ -7,7 +7,7 @@
 //!   `RLIMIT_MEMLOCK` or io_uring cannot run them fails at start with a clear
 //!   [`ServeError`] (and the advice to run the tokio gateway), not later.
 //! - Every shard binds its own listener on the same address with
-//!   `SO_REUSEPORT` (glommio sets it), so the kernel spreads connections
+//!   `SO_REUSEPORT` (and `SO_REUSEADDR`, see `listener.rs`), so the kernel spreads connections
 //!   over the shards and no connection is ever handed between threads. Shard
 //!   0 binds first; with port 0 the others bind the port it got.
 //! - Each connection stays on the shard that accepted it. Its first request
@@ -58,6 +58,7 @@ use hypergate_adapters::hyper_io::HyperIo;
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::executor::{StartError, memlock_limit, plan_io_memory};
+use crate::listener::PortSharing;
 use head::{FirstHead, HeadError, Replayed, RequestHead};
 use websocket::ServerSocket;
 
@@ -172,7 +173,7 @@ where
             .name(&format!("hypergate-shard-{shard}"))
             .io_memory(io_memory)
             .spawn(move || async move {
-                let listener = match TcpListener::bind(addr) {
+                let listener = match crate::listener::bind(addr, PortSharing::Shared) {
                     Ok(listener) => listener,
                     Err(error) => {
                         let _ = bound_tx.send(Err(error.to_string()));
