@@ -56,6 +56,7 @@ use crate::escrow::Evidence;
 use crate::health::{Health, HealthConfig, HealthEvent};
 use crate::ids::{PeerId, RelayKey};
 use crate::lease::{EndReason, LeaseConfig, LeaseError, LeaseEvent, LeaseTable};
+use crate::partition::Partition;
 use crate::push::{PushConfig, PushEvent, PushScheduler};
 use crate::registry::{Registry, RegistryError, RegistryEvent, Removal};
 use crate::router::{
@@ -185,6 +186,8 @@ pub enum GatewayError {
 #[derive(Debug)]
 pub struct Gateway {
     config: GatewayConfig,
+    /// Which relays this gateway core owns (all, unless the driver partitions by relay).
+    partition: Partition,
     registry: Registry,
     health: Health,
     router: Router,
@@ -217,13 +220,35 @@ impl Gateway {
         now: Instant,
         unix_now: UnixTime,
     ) -> Self {
+        Self::in_partition(config, registry, Partition::whole(), now, unix_now)
+    }
+
+    /// One partition of a gateway whose core state is split by relay
+    /// ([`crate::partition`]): it owns the relays of `registry` (the part of the snapshot
+    /// [`crate::partition::Partitioning::split_snapshot`] dealt it) and those registered
+    /// with it later, hands out its own session ids, and otherwise resumes as
+    /// [`Gateway::with_registry`] does.
+    #[must_use]
+    pub fn in_partition(
+        config: GatewayConfig,
+        registry: Registry,
+        partition: Partition,
+        now: Instant,
+        unix_now: UnixTime,
+    ) -> Self {
+        let (first_session, session_stride) = partition.session_ids();
         let mut gateway = Self {
             config,
+            partition,
             registry,
             health: Health::new(config.health),
-            router: Router::new(config.router),
+            router: Router::with_session_ids(config.router, first_session, session_stride),
             leases: LeaseTable::new(config.lease),
-            push: PushScheduler::new(config.push, config.seed),
+            // Partitions draw their retry jitter from different streams.
+            push: PushScheduler::new(
+                config.push,
+                config.seed.wrapping_add(partition.index() as u64),
+            ),
             waiting_writes: BTreeMap::new(),
             appends_in_flight: BTreeMap::new(),
             anchor: (now, unix_now),
@@ -255,6 +280,12 @@ impl Gateway {
     }
 
     // ---- getters ----
+
+    /// Which relays this core owns.
+    #[must_use]
+    pub fn partition(&self) -> Partition {
+        self.partition
+    }
 
     /// The registry.
     #[must_use]
@@ -322,6 +353,11 @@ impl Gateway {
         match frame.message {
             Message::Heartbeat(beat) => {
                 self.health.handle_heartbeat(peer, now);
+                // Every partition hears a heartbeat; one answers it.
+                if !self.partition.answers_peers() {
+                    self.pump(now);
+                    return;
+                }
                 self.transmits.push_back(Transmit {
                     peer,
                     frame: Frame {
@@ -345,7 +381,12 @@ impl Gateway {
             }
             Message::MirrorAdvertise(advert) => {
                 self.health.handle_heartbeat(peer, now);
-                for core in advert.cores.iter() {
+                // Every partition hears an advert; each keeps its own relays' freshness.
+                for core in advert
+                    .cores
+                    .iter()
+                    .filter(|core| self.partition.owns(&core.relay_key))
+                {
                     self.health.handle_mirror_advertised(
                         core.relay_key,
                         core.core_key,
@@ -365,6 +406,22 @@ impl Gateway {
             }),
         }
         self.pump(now);
+    }
+
+    /// A worker registers the relays it serves (what a [`Message::RegisterRelays`] frame
+    /// does, without queuing the ack): this core registers the relays it owns and returns
+    /// their ack, which a partitioned driver merges with the other partitions'
+    /// ([`crate::partition::merge_register_acks`]) and sends. The worker counts as alive.
+    #[must_use]
+    pub fn handle_registration(
+        &mut self,
+        peer: PeerId,
+        register: &RegisterRelays,
+        now: Instant,
+    ) -> RegisterAck {
+        let ack = self.register(peer, register, now);
+        self.pump(now);
+        ack
     }
 
     /// The mirror store verified and stored blocks of a relay's core up to `length`.
@@ -532,6 +589,10 @@ impl Gateway {
         let mut lease_epochs = Vec::new();
         for registration in register.relays.iter() {
             let relay_key = registration.relay_key;
+            // Another partition registers (and answers for) its own relays.
+            if !self.partition.owns(&relay_key) {
+                continue;
+            }
             self.registry.handle_registration(peer, registration, unix);
             accepted.push(relay_key);
             // A worker that was away when a lease was issued learns it here (it rotates).

@@ -18,6 +18,8 @@
 //! - [`session`]: one client connection's NIP-01 conversation with a relay (REQ, EVENT,
 //!   CLOSE, live delivery), whose effects an adapter executes against the relay's index.
 //! - [`timer`]: the deadline queue behind every `poll_timeout`.
+//! - [`partition`]: splitting the gateway's core state by relay, one [`gateway::Gateway`]
+//!   per shard of a thread-per-core driver.
 //! - [`fair_queue`]: per-flow queues served in round robin onto one outbound link, with
 //!   reserved room for calm flows and for the link's own control frames.
 //! - [`ids`], [`time`]: identities and time types shared by all of the above.
@@ -33,6 +35,7 @@ pub mod histogram;
 pub mod ids;
 pub mod lease;
 pub mod nostr;
+pub mod partition;
 pub mod push;
 pub mod registry;
 pub mod relay;

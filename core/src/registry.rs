@@ -239,6 +239,14 @@ pub struct RegistrySnapshot {
     pub relays: Vec<RelayRecord>,
 }
 
+impl RegistrySnapshot {
+    /// The snapshot as postcard bytes (what [`Registry::restore_bytes`] reads).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, RegistryError> {
+        postcard::to_allocvec(self)
+            .map_err(|error| RegistryError::SnapshotMalformed(error.to_string()))
+    }
+}
+
 /// The relay registry machine. See the module docs for the contract.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -542,8 +550,7 @@ impl Registry {
 
     /// The snapshot as postcard bytes.
     pub fn snapshot_bytes(&self) -> Result<Vec<u8>, RegistryError> {
-        postcard::to_allocvec(&self.snapshot())
-            .map_err(|error| RegistryError::SnapshotMalformed(error.to_string()))
+        self.snapshot().to_bytes()
     }
 
     /// Rebuilds a registry from a snapshot.

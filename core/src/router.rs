@@ -315,6 +315,8 @@ pub struct Router {
     /// replica retry while in replica mode (a session is never both).
     session_timers: TimerQueue<SessionId>,
     next_session: u64,
+    /// Step between this router's session ids (see [`Router::with_session_ids`]).
+    session_stride: u64,
     next_attempt: u64,
     events: VecDeque<RouterEvent>,
 }
@@ -331,8 +333,20 @@ impl Router {
             sessions: BTreeMap::new(),
             session_timers: TimerQueue::new(),
             next_session: 1,
+            session_stride: 1,
             next_attempt: 1,
             events: VecDeque::new(),
+        }
+    }
+
+    /// An empty router whose session ids are `first`, `first + stride`, …: routers of
+    /// different core partitions hand out disjoint ids (`crate::partition`).
+    #[must_use]
+    pub fn with_session_ids(config: RouterConfig, first: u64, stride: u64) -> Self {
+        Self {
+            next_session: first.max(1),
+            session_stride: stride.max(1),
+            ..Self::new(config)
         }
     }
 
@@ -472,7 +486,7 @@ impl Router {
             .get_mut(&relay)
             .ok_or(RouterError::UnknownRelay(relay))?;
         let id = SessionId(self.next_session);
-        self.next_session += 1;
+        self.next_session += self.session_stride;
         routes.sessions.insert(id);
         self.sessions.insert(
             id,

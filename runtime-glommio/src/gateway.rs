@@ -7,15 +7,20 @@
 //!   clients and operators. A WebSocket upgrade of a relay URL (`/relay/{key}`, `/{a}/{b}`)
 //!   becomes a client session on the shard that accepted it; every other request goes
 //!   through the service's axum routes, served by hyper on the shard.
+//! - The core state (registry, routing, leases, pending writes) is split by relay key into
+//!   one partition per shard (`hypergate_core::partition`, decisions D131): shard `n` runs
+//!   partition `n`'s timers, and a relay's sessions, writes and worker frames feed that
+//!   relay's partition under its own short lock, so relays on different partitions never
+//!   contend. What spans partitions is fanned out by the service: link up/down and
+//!   heartbeats reach every partition, a registration is answered with one merged ack, and
+//!   one registry snapshot holds every partition's relays.
 //! - Shard 0 also accepts worker links (`hypergate_adapters::peer_link` over glommio TCP,
-//!   timed by glommio) and runs the service's background work (core timers, registry
-//!   persister). The service's own tasks are spawned on the shard whose work started them.
+//!   timed by glommio) and runs the registry persister. The service's own tasks are spawned
+//!   on the shard whose work started them.
 //! - Each shard owns its sockets, its connection tasks and its own replica hosts (relay
 //!   views, indexes and live subscriptions, numbered by `rt::set_current_shard`), so replica
 //!   reads stay on their core; the mirror or a gateway write adding events refreshes every
-//!   shard's host of the relay. The core state (registry, routing, leases, pending writes)
-//!   is one [`GatewayService`] shared by the shards under short locks never held across I/O
-//!   (docs/architecture.md, decisions D123).
+//!   shard's host of the relay (docs/architecture.md, decisions D123).
 //! - [`GlommioGateway::shutdown`] (or dropping it) ends leases (wiping their keys), waits for
 //!   the last registry snapshot, lets sessions flush their close, stops accepting and waits
 //!   for every shard.
@@ -40,6 +45,7 @@ use hypergate_adapters::gateway::{
 };
 use hypergate_adapters::rt::{Spawner, Task};
 use hypergate_core::ids::PeerId;
+use hypergate_core::partition::Partitioning;
 use tungstenite::Message;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::protocol::frame::CloseFrame;
@@ -73,6 +79,9 @@ pub enum StartError {
     /// The gateway's state did not open.
     #[error(transparent)]
     Service(#[from] hypergate_adapters::gateway::StartError),
+    /// The shard count cannot partition the core.
+    #[error(transparent)]
+    Partitions(#[from] hypergate_core::partition::PartitionError),
     /// The executors or the client listener did not start.
     #[error(transparent)]
     Serve(#[from] ServeError),
@@ -168,8 +177,11 @@ fn shard_spawner() -> Spawner {
 pub fn start(options: GatewayOptions, shards: usize) -> Result<GlommioGateway, StartError> {
     let peer_listen = options.peer_listen;
     let http_listen = options.http_listen;
+    // One core partition per shard, driven (timers) by that shard.
+    let partitions = Partitioning::new(shards)?;
     let service = Arc::new(futures_lite::future::block_on(GatewayService::open(
         options,
+        partitions,
         shard_spawner(),
     ))?);
     let peer_id = service.peer_id();
@@ -184,6 +196,8 @@ pub fn start(options: GatewayOptions, shards: usize) -> Result<GlommioGateway, S
             if shard == 0 {
                 start_shard_zero(&service, peer_listen, &peer_bound_tx, &background_done_tx);
             }
+            let timers = Arc::clone(&service);
+            glommio::spawn_local(async move { timers.run_timers_of(shard).await }).detach();
             Handlers {
                 http: AxumService(router.clone()),
                 websocket: {
@@ -226,7 +240,7 @@ pub fn start(options: GatewayOptions, shards: usize) -> Result<GlommioGateway, S
     })
 }
 
-/// Shard 0's extra work: the peer-link listener and the service's background loop.
+/// Shard 0's extra work: the peer-link listener and the registry persister.
 fn start_shard_zero(
     service: &Arc<GatewayService>,
     listen: SocketAddr,
@@ -244,7 +258,7 @@ fn start_shard_zero(
     let background = Arc::clone(service);
     let done = background_done.clone();
     glommio::spawn_local(async move {
-        background.run_background().await;
+        background.run_persister().await;
         let _ = done.send(());
     })
     .detach();

@@ -3,6 +3,11 @@
 //! pending notice is pushed again when the worker returns, the worker resyncs, and every write
 //! that got `OK true` is served by the worker itself. Real processes: `hypergate gateway` and
 //! `hypergate worker run`, a real escrow over mTLS.
+//!
+//! The gateway restarts on the other runtime, so with another number of core partitions
+//! (tokio one, glommio one per shard), and the relay is one that lives in partition 1 of 2:
+//! the snapshot one partitioning wrote restores under the other, and under glommio the
+//! relay's state is in another partition than the one that answers the worker's heartbeats.
 
 // Test helpers: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -22,7 +27,10 @@ use gateway_support::{
     init_worker, publish, query,
 };
 use hypergate_core::escrow::PolicyConfig;
+use hypergate_core::ids::RelayKey;
 use hypergate_core::nostr::testing::signed_event;
+use hypergate_core::partition::Partitioning;
+use serde_json::Value;
 
 /// A `hypergate gateway` process; SIGKILLed when dropped.
 struct GatewayProcess {
@@ -41,10 +49,16 @@ fn free_port() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-/// Starts `hypergate gateway --runtime <runtime>` on fixed ports with the escrow harness's
-/// `gateway` credentials.
+/// `hypergate gateway --runtime tokio`: one core partition.
+const TOKIO: &[&str] = &["--runtime", "tokio"];
+
+/// `hypergate gateway --runtime glommio --shards 2`: two core partitions.
+const GLOMMIO_TWO_SHARDS: &[&str] = &["--runtime", "glommio", "--shards", "2"];
+
+/// Starts `hypergate gateway <runtime>` on fixed ports with the escrow harness's `gateway`
+/// credentials.
 fn start_gateway(
-    runtime: &str,
+    runtime: &[&str],
     data: &Path,
     http: SocketAddr,
     peer: SocketAddr,
@@ -56,7 +70,9 @@ fn start_gateway(
         std::fs::write(&secret, SHARED_SECRET).unwrap();
     }
     let mut child = Command::new(BIN)
-        .args(["gateway", "--runtime", runtime, "--data-dir"])
+        .arg("gateway")
+        .args(runtime)
+        .arg("--data-dir")
         .arg(data)
         .args([
             "--listen",
@@ -109,18 +125,31 @@ fn run_worker(dir: &Path, peer: SocketAddr, harness: &Harness) -> WorkerProcess 
     gateway_support::run_worker_at(dir, &handle_like, Some(harness))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_killed_after_accepting_leased_writes_resumes_their_push_after_restart() {
-    killed_and_restarted("tokio").await;
+/// A worker initialised in `dir` whose relay lives in partition `wanted` of `partitioning`
+/// (relay keys are random: initialise again until one does).
+fn init_worker_in_partition(dir: &Path, partitioning: Partitioning, wanted: usize) -> Value {
+    for _ in 0..64 {
+        let report = init_worker(dir);
+        let relay: RelayKey = report["relayKey"].as_str().unwrap().parse().unwrap();
+        if partitioning.of_relay(&relay) == wanted {
+            return report;
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+    panic!("64 relay keys and none in partition {wanted}");
 }
 
-/// The same with `hypergate gateway --runtime glommio` as the process killed and restarted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_glommio_gateway_killed_after_leased_writes_resumes_their_push_after_restart() {
-    killed_and_restarted("glommio").await;
+async fn a_tokio_gateway_killed_after_leased_writes_resumes_their_push_restarted_on_glommio() {
+    killed_and_restarted(TOKIO, GLOMMIO_TWO_SHARDS).await;
 }
 
-async fn killed_and_restarted(runtime: &str) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_glommio_gateway_killed_after_leased_writes_resumes_their_push_restarted_on_tokio() {
+    killed_and_restarted(GLOMMIO_TWO_SHARDS, TOKIO).await;
+}
+
+async fn killed_and_restarted(first: &[&str], then: &[&str]) {
     let options = Options {
         policy: PolicyConfig {
             peer_liveness_timeout: Duration::from_secs(1),
@@ -135,10 +164,10 @@ async fn killed_and_restarted(runtime: &str) {
     // The escrow binds the client id `gateway` to this identity.
     gateway_support::write_identity(&gateway_dir.join("identity.json"), GATEWAY_SEED);
     let (http, peer) = (free_port(), free_port());
-    let mut gateway = start_gateway(runtime, &gateway_dir, http, peer, &harness);
+    let mut gateway = start_gateway(first, &gateway_dir, http, peer, &harness);
 
     let worker_dir = data.path().join("worker");
-    let report = init_worker(&worker_dir);
+    let report = init_worker_in_partition(&worker_dir, Partitioning::new(2).unwrap(), 1);
     let relay = report["relayKey"].as_str().unwrap().to_owned();
     let mut worker = run_worker(&worker_dir, peer, &harness);
     let ready = eventually(PATIENCE, async || {
@@ -189,7 +218,7 @@ async fn killed_and_restarted(runtime: &str) {
     gateway.child.kill().unwrap();
     let _ = gateway.child.wait();
     let restarted = Instant::now();
-    let _gateway = start_gateway(runtime, &gateway_dir, http, peer, &harness);
+    let _gateway = start_gateway(then, &gateway_dir, http, peer, &harness);
     let relays = get_json(http, "/api/relays").await;
     assert_eq!(
         relays["relays"][0]["pending"]["gatewayPendingWrites"], true,

@@ -101,7 +101,7 @@ async fn handle(
     body: &Bytes,
 ) -> Response {
     let shared = &state.shared;
-    let Some(relay) = shared.read_core(|core| core.core.registry().resolve(identifier)) else {
+    let Some(relay) = shared.resolve(identifier) else {
         return error(StatusCode::NOT_FOUND, "Relay not registered with gateway");
     };
     if let Some(refusal) = check_token(state, relay, uri, headers) {
@@ -113,7 +113,7 @@ async fn handle(
     if let Some(answer) = forward(state, relay, &format!("{route}/{identifier}"), body).await {
         return answer;
     }
-    let permit = match lease_for_write(shared, relay, identifier).await {
+    let permit = match lease_for_write(shared, relay).await {
         Ok(permit) => permit,
         Err(answer) => return answer,
     };

@@ -250,14 +250,19 @@ async fn run_session<St: Stream<Item = FromClient> + Unpin>(
     // A stream keeps its wake-up registration between polls; a fresh `recv_async` per turn
     // of the loop would allocate and unregister one every time.
     let mut signals = signals.into_stream();
-    let opened = shared.with_core(|state, now| {
-        let session = state
-            .core
-            .open_session(&relay_name, SessionKind::Client, now)?;
-        state.sessions.insert(session, signal_tx);
-        let relay = state.core.router().relay_of(session)?;
-        Ok::<_, hypergate_core::gateway::GatewayError>((session, relay))
-    });
+    // The session lives in the partition of the relay its URL names.
+    let opened = match shared.resolve(&relay_name) {
+        Some(relay) => shared.with_relay(relay, |state, now| {
+            let session = state
+                .core
+                .open_session(&relay.to_hex(), SessionKind::Client, now)?;
+            state.sessions.insert(session, signal_tx);
+            Ok::<_, hypergate_core::gateway::GatewayError>((session, relay))
+        }),
+        None => Err(hypergate_core::gateway::GatewayError::RelayNotRegistered(
+            relay_name.clone(),
+        )),
+    };
     let (session, relay) = match opened {
         Ok(opened) => opened,
         Err(error) => {
@@ -342,7 +347,7 @@ async fn run_session<St: Stream<Item = FromClient> + Unpin>(
     client.settle_unfinished_writes();
     client.leave_mode().await;
     let out_close = client.out.clone();
-    shared.with_core(|state, now| {
+    shared.with_relay(relay, |state, now| {
         state.sessions.remove(&session);
         let _ = state.core.close_session(session, now);
     });
@@ -423,7 +428,7 @@ impl Client {
                         // The link is gone: route again, and send the frame where that leads.
                         self.mode = Mode::Pending(VecDeque::from([text]));
                         let session = self.session;
-                        self.shared.with_core(|state, now| {
+                        self.shared.with_relay(self.relay, |state, now| {
                             let _ = state.core.router_mut().handle_forward_failure(
                                 session,
                                 "worker-link-gone",
@@ -456,8 +461,7 @@ impl Client {
         };
         let frame = self.worker_frame(frame);
         let session = self.session;
-        self.shared
-            .read_core(|state| Shared::forward_to_peer(state, peer, session, frame))
+        self.shared.forward_to_peer(peer, session, frame)
     }
 
     /// Tells `peer` this session left it (an empty frame); what it still had queued there
@@ -465,8 +469,7 @@ impl Client {
     fn end_on_peer(&self, peer: PeerId) {
         let ended = self.worker_frame(BoundedString::default());
         let session = self.session;
-        self.shared
-            .read_core(|state| Shared::end_session_on_peer(state, peer, session, ended));
+        self.shared.end_session_on_peer(peer, session, ended);
     }
 
     fn worker_frame(&self, frame: BoundedString<MAX_NOSTR_FRAME_BYTES>) -> Frame {
@@ -598,7 +601,7 @@ impl Client {
                     // The worker will not serve this session: sweep again.
                     self.mode = Mode::Pending(VecDeque::new());
                     let session = self.session;
-                    self.shared.with_core(|state, now| {
+                    self.shared.with_relay(self.relay, |state, now| {
                         let _ = state.core.router_mut().handle_forward_failure(
                             session,
                             "worker-ended-session",
@@ -705,7 +708,7 @@ impl Client {
     /// Asks the core whether `event` may be written, in the background.
     fn start_write(&mut self, event: Event) {
         let session = self.session;
-        let decision = self.shared.with_core(|state, now| {
+        let decision = self.shared.with_relay(self.relay, |state, now| {
             let write = Shared::next_write_id(state);
             match state.core.handle_client_write(session, write, now) {
                 Ok(WriteVerdict::Append { epoch }) => Pending::Now(epoch),
@@ -756,7 +759,7 @@ impl Client {
         let unsettled = std::mem::take(&mut self.counted_in_flight);
         let relay = self.relay;
         if unsettled > 0 {
-            self.shared.with_core(|state, now| {
+            self.shared.with_relay(relay, |state, now| {
                 for _ in 0..unsettled {
                     state.core.handle_write_failed(relay, now);
                 }
@@ -774,8 +777,9 @@ impl Client {
         let Mode::Replica(replica) = &mut self.mode else {
             // The session left replica mode meanwhile: the write was not made.
             if let Ok(_epoch) = result {
-                self.shared
-                    .with_core(|state, now| state.core.handle_write_failed(relay, now));
+                self.shared.with_relay(relay, |state, now| {
+                    state.core.handle_write_failed(relay, now)
+                });
             }
             return self.send(&RelayMessage::Ok {
                 event_id: event.id,
@@ -829,8 +833,9 @@ impl Client {
             .fallback_write_for(&relay.to_hex(), if accepted { "accepted" } else { "error" });
         if !stored.reported {
             // Not marked pending: the core's append in flight ends as failed.
-            self.shared
-                .with_core(|state, now| state.core.handle_write_failed(relay, now));
+            self.shared.with_relay(relay, |state, now| {
+                state.core.handle_write_failed(relay, now)
+            });
         }
         let failures =
             replica

@@ -56,7 +56,7 @@ pub(crate) async fn get_drive(
     Path((identifier, file)): Path<(String, String)>,
 ) -> Response {
     let shared = &state.shared;
-    let Some(relay) = shared.read_core(|core| core.core.registry().resolve(&identifier)) else {
+    let Some(relay) = shared.resolve(&identifier) else {
         return error(StatusCode::NOT_FOUND, "Relay not registered with gateway");
     };
     if let Some(response) =
@@ -100,12 +100,15 @@ pub(crate) async fn worker_request(
     headers: Vec<Header>,
     body: Vec<u8>,
 ) -> Option<HttpResponse> {
-    let link = shared.read_core(|core| {
-        core.core
-            .registry()
-            .workers_of(&relay)
-            .find_map(|peer| core.links.get(&peer).cloned())
-    })?;
+    let workers: Vec<_> = shared.read_relay(&relay, |core| {
+        core.core.registry().workers_of(&relay).collect()
+    });
+    let link = {
+        let links = shared.links();
+        workers
+            .iter()
+            .find_map(|peer| links.links.get(peer).cloned())
+    }?;
     let request = Message::HttpRequest(HttpRequest {
         method,
         path: BoundedString::new(path).ok()?,
@@ -190,7 +193,7 @@ impl AppendPermit {
     pub(crate) fn appended(mut self, mark: PendingMark) {
         self.settled = true;
         let (relay, epoch) = (self.relay, self.epoch);
-        self.shared.with_core(|state, now| {
+        self.shared.with_relay(relay, |state, now| {
             if let Err(e) = state.core.handle_write_appended(relay, epoch, mark, now) {
                 tracing::warn!(error = %e, "pending mark for a gateway write failed");
             }
@@ -202,18 +205,18 @@ impl Drop for AppendPermit {
     fn drop(&mut self) {
         if !self.settled {
             let relay = self.relay;
-            self.shared
-                .with_core(|state, now| state.core.handle_write_failed(relay, now));
+            self.shared.with_relay(relay, |state, now| {
+                state.core.handle_write_failed(relay, now)
+            });
         }
     }
 }
 
-/// Decides whether the gateway may write for `relay` (named `relay_name` by the client) now:
-/// a permit for the append, or the 425 answer.
+/// Decides whether the gateway may write for `relay` now: a permit for the append, or the
+/// 425 answer.
 pub(crate) async fn lease_for_write(
     shared: &Arc<Shared>,
     relay: RelayKey,
-    relay_name: &str,
 ) -> Result<AppendPermit, Response> {
     let permit = |epoch| AppendPermit {
         shared: Arc::clone(shared),
@@ -228,10 +231,10 @@ pub(crate) async fn lease_for_write(
         )
             .into_response()
     };
-    let decision = shared.with_core(|state, now| {
+    let decision = shared.with_relay(relay, |state, now| {
         let session = state
             .core
-            .open_session(relay_name, SessionKind::Request, now)
+            .open_session(&relay.to_hex(), SessionKind::Request, now)
             .map_err(|e| e.to_string())?;
         let write = Shared::next_write_id(state);
         let verdict = state.core.handle_client_write(session, write, now);
@@ -269,7 +272,7 @@ pub(crate) async fn put_drive(
     body: Bytes,
 ) -> Response {
     let shared = &state.shared;
-    let Some(relay) = shared.read_core(|core| core.core.registry().resolve(&identifier)) else {
+    let Some(relay) = shared.resolve(&identifier) else {
         return error(StatusCode::NOT_FOUND, "Relay not registered with gateway");
     };
     if let Some(refusal) = check_token(&state, relay, &uri, &headers) {
@@ -284,7 +287,7 @@ pub(crate) async fn put_drive(
     if let Err(e) = GatewayDrives::relay_file_path(&identifier, &file) {
         return error(StatusCode::BAD_REQUEST, &e.to_string());
     }
-    let permit = match lease_for_write(shared, relay, &identifier).await {
+    let permit = match lease_for_write(shared, relay).await {
         Ok(permit) => permit,
         Err(answer) => return answer,
     };
@@ -401,11 +404,10 @@ pub(crate) async fn answer_link_request(
         return json_reply(404, json!({ "error": "no such route" }));
     };
     // Only a worker serving the relay may read what the gateway wrote for it.
-    let allowed = shared.read_core(|core| {
-        core.core
-            .registry()
-            .resolve(identifier)
-            .is_some_and(|relay| core.core.registry().workers_of(&relay).any(|w| w == peer))
+    let allowed = shared.resolve(identifier).is_some_and(|relay| {
+        shared.read_relay(&relay, |core| {
+            core.core.registry().workers_of(&relay).any(|w| w == peer)
+        })
     });
     if !allowed {
         return json_reply(403, json!({ "error": "not a worker of this relay" }));

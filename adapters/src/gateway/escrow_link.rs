@@ -65,7 +65,9 @@ impl EscrowLink {
             if let Err(reason) = outcome {
                 tracing::info!(relay = %relay.short(), %reason, "lease refused");
                 shared.metrics.lease_refused();
-                shared.with_core(|state, now| state.core.handle_lease_refused(relay, &reason, now));
+                shared.with_relay(relay, |state, now| {
+                    state.core.handle_lease_refused(relay, &reason, now);
+                });
             }
         });
     }
@@ -126,7 +128,9 @@ impl EscrowLink {
         tracing::info!(lease = %lease.lease_id, relay = %relay.short(), refetched = lease.refetched, "lease granted");
         shared.metrics.lease_granted();
         shared
-            .with_core(|state, now| state.core.handle_lease_granted(grant(now), now))
+            .with_relay(relay, |state, now| {
+                state.core.handle_lease_granted(grant(now), now)
+            })
             .map_err(|e| format!("the lease was not installed: {e}"))
     }
 
@@ -150,7 +154,7 @@ impl EscrowLink {
             .cloned()
             .unwrap_or_default();
         shared
-            .with_core(|state, now| {
+            .with_relay(lease.relay, |state, now| {
                 let grant = LeaseGrant {
                     id: lease,
                     escrow_id,

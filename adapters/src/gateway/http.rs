@@ -155,9 +155,13 @@ pub(crate) fn relay_page_routes() -> Router<Arc<HttpState>> {
 }
 
 async fn health(State(state): State<Arc<HttpState>>) -> Response {
-    let (relays, peers) = state
-        .shared
-        .read_core(|core| (core.core.registry().relays().count(), core.outbound.len()));
+    let relays = state.shared.read_every(|cores| {
+        cores
+            .iter()
+            .map(|core| core.core.registry().len())
+            .sum::<usize>()
+    });
+    let peers = state.shared.links().outbound.len();
     axum::Json(json!({
         "status": "ok",
         "peerId": state.shared.peer_id().to_hex(),
@@ -174,7 +178,7 @@ const MIRROR_SCRAPE_WAIT: std::time::Duration = std::time::Duration::from_secs(1
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     let shared = &state.shared;
-    // The mirror first, without the core lock (never hold both).
+    // The mirror first, without the core's locks (never hold both).
     let mirror = match crate::rt::timeout(MIRROR_SCRAPE_WAIT, shared.mirror.lock()).await {
         Ok(store) => Some(MirrorSnapshot::of(&store, shared.unix_now())),
         Err(_) => {
@@ -184,7 +188,11 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     };
     let now = shared.clock_now();
     let unix_now = shared.unix_now();
-    let text = shared.read_core(|core| shared.metrics.render(core, mirror.as_ref(), now, unix_now));
+    let text = shared.read_every(|cores| {
+        shared
+            .metrics
+            .render(cores, &shared.links(), mirror.as_ref(), now, unix_now)
+    });
     (
         [(
             header::CONTENT_TYPE,
@@ -213,10 +221,11 @@ pub(crate) enum Access {
 /// authentication with a valid client token in `?token=`, or by NIP-42 without one; a bad
 /// token is closed with 4403 (the original's).
 fn ws_access(state: &HttpState, relay_name: &str, uri: &Uri, headers: &HeaderMap) -> Access {
-    let found = state.shared.read_core(|core| {
-        let relay = core.core.registry().resolve(relay_name)?;
-        let record = core.core.registry().relay(&relay)?;
-        Some((relay, record.requires_auth))
+    let found = state.shared.resolve(relay_name).and_then(|relay| {
+        state.shared.read_relay(&relay, |core| {
+            let record = core.core.registry().relay(&relay)?;
+            Some((relay, record.requires_auth))
+        })
     });
     let Some((relay, true)) = found else {
         return Access::Granted;
@@ -278,9 +287,7 @@ pub(crate) fn websocket_message_cap(state: &HttpState) -> usize {
 /// What a plain GET of a relay's URL answers: its NIP-11 document with `Accept:
 /// application/nostr+json`, a short text otherwise, 404 `{error}` for an unknown relay.
 pub(crate) fn relay_page(state: &HttpState, relay_name: &str, headers: &HeaderMap) -> Response {
-    let known = state
-        .shared
-        .read_core(|core| core.core.registry().resolve(relay_name));
+    let known = state.shared.resolve(relay_name);
     let Some(relay) = known else {
         return error(StatusCode::NOT_FOUND, "unknown relay");
     };

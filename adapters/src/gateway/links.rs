@@ -77,19 +77,22 @@ pub(crate) async fn serve_link(
             .spawn_with_handle(async move { write_frames(&queue, &link).await })
     };
     tracing::info!(peer = %peer.short(), "worker linked");
-    shared.with_core(|state, now| {
-        state.outbound.insert(peer, Arc::clone(&own_queue));
-        // A worker that reconnects before its old connection was seen to die: the newer link
-        // wins, and the old one is closed (its end must not take the new one down).
-        if let Some(old) = state.links.insert(peer, link.clone()) {
-            shared.spawner.spawn(async move {
-                let _ = old
-                    .close(CloseCode::GOING_AWAY, "replaced by a newer link")
-                    .await;
-            });
-        }
-        state.core.handle_link_up(peer, now);
-    });
+    let replaced = {
+        let mut links = shared.links();
+        links.outbound.insert(peer, Arc::clone(&own_queue));
+        links.links.insert(peer, link.clone())
+    };
+    // A worker that reconnects before its old connection was seen to die: the newer link
+    // wins, and the old one is closed (its end must not take the new one down).
+    if let Some(old) = replaced {
+        shared.spawner.spawn(async move {
+            let _ = old
+                .close(CloseCode::GOING_AWAY, "replaced by a newer link")
+                .await;
+        });
+    }
+    // Every partition keeps the health of the peers its relays use.
+    shared.with_every(|state, now| state.core.handle_link_up(peer, now));
     while let Some(frame) = inbound.recv().await {
         let id = frame.request_id;
         match frame.message {
@@ -105,13 +108,7 @@ pub(crate) async fn serve_link(
                         ));
                     }
                 }
-                shared.with_core(|state, now| {
-                    state.core.handle_frame(
-                        peer,
-                        Frame::new(id, Message::MirrorAdvertise(advert)),
-                        now,
-                    );
-                });
+                shared.handle_peer_frame(peer, Frame::new(id, Message::MirrorAdvertise(advert)));
             }
             Message::MirrorRangeRequest(request) => {
                 let answer = answer_range_request(&shared, &request).await;
@@ -132,25 +129,27 @@ pub(crate) async fn serve_link(
                 let answer = answer_proof(&shared, &request).await;
                 let _ = link.send(Frame::new(id, answer)).await;
             }
-            message => shared.with_core(|state, now| {
-                state.core.handle_frame(peer, Frame::new(id, message), now);
-            }),
+            message => shared.handle_peer_frame(peer, Frame::new(id, message)),
         }
     }
     let reason = link.closed().map(|closed| closed.to_string());
     tracing::info!(peer = %peer.short(), reason = reason.as_deref().unwrap_or("ended"), "worker link down");
-    shared.with_core(|state, now| {
-        // Only if this link is still the peer's current one (a newer link may have replaced it).
-        if state
+    // Only if this link is still the peer's current one (a newer link may have replaced it).
+    let current = {
+        let mut links = shared.links();
+        let current = links
             .outbound
             .get(&peer)
-            .is_some_and(|queue| Arc::ptr_eq(queue, &own_queue))
-        {
-            state.outbound.remove(&peer);
-            state.links.remove(&peer);
-            state.core.handle_link_down(peer, now);
+            .is_some_and(|queue| Arc::ptr_eq(queue, &own_queue));
+        if current {
+            links.outbound.remove(&peer);
+            links.links.remove(&peer);
         }
-    });
+        current
+    };
+    if current {
+        shared.with_every(|state, now| state.core.handle_link_down(peer, now));
+    }
     drop(own_queue);
     drop(writer); // cancels the frame writer
 }
@@ -231,7 +230,7 @@ async fn pull(shared: Arc<Shared>, pulling: Arc<Pulling>, link: PeerLink, core: 
                 shared.metrics.mirror_stored(outcome.stored_blocks);
                 shared.metrics.mirror_rejected(outcome.rejected_blocks);
                 let length = outcome.local_length;
-                shared.with_core(|state, now| {
+                shared.with_relay(core.relay_key, |state, now| {
                     state
                         .core
                         .handle_mirror_stored(core.relay_key, core.core_key, length, now);

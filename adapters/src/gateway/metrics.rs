@@ -60,7 +60,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::state::CoreState;
+use super::state::{CoreState, LinkTable};
 use crate::escrow_client::ClientError;
 
 /// The original's fallback-duration buckets, in seconds.
@@ -449,18 +449,19 @@ impl GatewayMetrics {
         }
     }
 
-    /// The exposition, with the gauges read from the core now and from `mirror` (`None`:
-    /// the mirror gauges keep their last values).
+    /// The exposition, with the gauges read now from every partition of the core and the
+    /// link table, and from `mirror` (`None`: the mirror gauges keep their last values).
     pub(crate) fn render(
         &self,
-        state: &CoreState,
+        partitions: &[&CoreState],
+        links: &LinkTable,
         mirror: Option<&MirrorSnapshot>,
         now: Instant,
         unix_now: UnixTime,
     ) -> String {
         self.peers
-            .set(i64::try_from(state.outbound.len()).unwrap_or(i64::MAX));
-        let queued: usize = state.outbound.values().map(|queue| queue.len()).sum();
+            .set(i64::try_from(links.outbound.len()).unwrap_or(i64::MAX));
+        let queued: usize = links.outbound.values().map(|queue| queue.len()).sum();
         self.link_queued
             .set(i64::try_from(queued).unwrap_or(i64::MAX));
         // Rebuilt from the registry: a removed relay stops being exported.
@@ -468,7 +469,14 @@ impl GatewayMetrics {
         self.pending_oldest.clear();
         self.leases_active.clear();
         self.lease_expiry.clear();
-        for record in state.core.registry().relays() {
+        let relays = partitions.iter().flat_map(|state| {
+            state
+                .core
+                .registry()
+                .relays()
+                .map(move |record| (*state, record))
+        });
+        for (state, record) in relays {
             let label = RelayLabel {
                 relay: record.relay_key.to_hex(),
             };

@@ -22,6 +22,7 @@ use hypergate_core::wire::{
 use serde_json::{Value, json};
 
 use super::http::{HttpState, error};
+use super::state::relays_in_key_order;
 
 /// `None` when the request may proceed, else the 401 answer.
 fn denied(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
@@ -81,13 +82,13 @@ pub(super) async fn register_relay(
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     let relay = registration.relay_key;
-    state.shared.with_core(|core, now| {
+    state.shared.with_relay(relay, |core, now| {
         core.core.handle_operator_registration(&registration, now);
     });
     if let Err(e) = state.shared.persist_registry().await {
         tracing::error!(error = %e, "the registry snapshot could not be written");
     }
-    let identifiers = state.shared.read_core(|core| {
+    let identifiers = state.shared.read_relay(&relay, |core| {
         core.core
             .registry()
             .relay(&relay)
@@ -138,7 +139,7 @@ fn operator_registration(state: &HttpState, body: &Value) -> Result<RelayRegistr
     // Without `requiresAuth` the relay keeps what its workers said.
     let requires_auth = match body.get("requiresAuth") {
         Some(Value::Bool(flag)) => *flag,
-        None | Some(Value::Null) => state.shared.read_core(|core| {
+        None | Some(Value::Null) => state.shared.read_relay(&relay, |core| {
             core.core
                 .registry()
                 .relay(&relay)
@@ -166,11 +167,11 @@ pub(super) async fn relays(State(state): State<Arc<HttpState>>, headers: HeaderM
     if let Some(denied) = denied(&state, &headers) {
         return denied;
     }
-    let relays: Vec<Value> = state.shared.read_core(|core| {
-        core.core
-            .registry()
-            .relays()
-            .map(|record| {
+    let linked = |peer: &PeerId| state.shared.links().outbound.contains_key(peer);
+    let relays: Vec<Value> = state.shared.read_every(|cores| {
+        relays_in_key_order(cores)
+            .into_iter()
+            .map(|(core, record)| {
                 let workers: Vec<Value> = record
                     .workers
                     .keys()
@@ -178,7 +179,7 @@ pub(super) async fn relays(State(state): State<Arc<HttpState>>, headers: HeaderM
                         json!({
                             "peerKey": peer.to_hex(),
                             "health": core.core.health().health_of(peer).as_str(),
-                            "linked": core.outbound.contains_key(peer),
+                            "linked": linked(peer),
                         })
                     })
                     .collect();
@@ -247,11 +248,10 @@ pub(super) async fn replicas(
         pending: Value,
         lease: Option<(String, u64, u64)>,
     }
-    let facts: Vec<RelayFacts> = state.shared.read_core(|core| {
-        core.core
-            .registry()
-            .relays()
-            .map(|record| {
+    let facts: Vec<RelayFacts> = state.shared.read_every(|cores| {
+        relays_in_key_order(cores)
+            .into_iter()
+            .map(|(core, record)| {
                 let lease = core
                     .core
                     .leases()
@@ -416,9 +416,9 @@ pub(super) async fn lease_request(
     if state.shared.escrow.is_none() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no escrow is configured");
     }
-    let outcome = state
-        .shared
-        .with_core(|core, now| core.core.handle_operator_lease_request(relay, now));
+    let outcome = state.shared.with_relay(relay, |core, now| {
+        core.core.handle_operator_lease_request(relay, now)
+    });
     match outcome {
         Ok(RequestOutcome::Started) => (
             StatusCode::ACCEPTED,
@@ -468,7 +468,7 @@ pub(super) async fn revoke(
         Ok(answer) => answer,
         Err(message) => return error(StatusCode::BAD_GATEWAY, &message),
     };
-    let ended = state.shared.with_core(|core, now| {
+    let ended = state.shared.with_relay(relay, |core, now| {
         let current = core.core.leases().current(&relay).map(|lease| lease.id);
         current.map(|lease| {
             let _ = core.core.handle_lease_revoked(lease, &reason, now);
@@ -507,14 +507,13 @@ pub(super) async fn remove_relay(
     };
     let known = state
         .shared
-        .read_core(|core| core.core.registry().relay(&relay).is_some());
+        .read_relay(&relay, |core| core.core.registry().relay(&relay).is_some());
     if !known {
         return error(StatusCode::NOT_FOUND, "unknown relay");
     }
-    match state
-        .shared
-        .with_core(|core, now| core.core.handle_relay_removal(relay, mode, now))
-    {
+    match state.shared.with_relay(relay, |core, now| {
+        core.core.handle_relay_removal(relay, mode, now)
+    }) {
         Ok(()) => axum::Json(json!({ "removed": relay.to_hex(), "forced": force })).into_response(),
         Err(other) => error(StatusCode::CONFLICT, &other.to_string()),
     }
@@ -554,7 +553,7 @@ pub(super) async fn resync_complete(
         resynced_through: UnixTime(through),
         gateway_writer_length: length,
     };
-    let pending = state.shared.with_core(|core, now| {
+    let pending = state.shared.with_relay(relay, |core, now| {
         core.core
             .handle_frame(worker, Frame::new(0, Message::ResyncComplete(done)), now);
         core.core
@@ -614,10 +613,14 @@ pub(super) async fn issue_token(
 
 fn lease_list(state: &HttpState, relays: Option<&[RelayKey]>) -> Vec<Value> {
     let now = state.shared.clock_now();
-    state.shared.read_core(|core| {
-        core.core
-            .leases()
-            .active_leases(now)
+    state.shared.read_every(|cores| {
+        let mut leases: Vec<_> = cores
+            .iter()
+            .flat_map(|core| core.core.leases().active_leases(now))
+            .collect();
+        leases.sort_by_key(|lease| lease.id.relay);
+        leases
+            .into_iter()
             .filter(|lease| relays.is_none_or(|relays| relays.contains(&lease.id.relay)))
             .map(|lease| {
                 json!({

@@ -24,7 +24,8 @@ use axum::response::Response;
 use futures_util::{Sink, Stream};
 use hypergate_core::gateway::{Gateway, GatewayConfig};
 use hypergate_core::ids::PeerId;
-use hypergate_core::registry::Registry;
+use hypergate_core::partition::Partitioning;
+use hypergate_core::registry::{Registry, RegistrySnapshot};
 use hypergate_core::session::SessionConfig;
 use tokio::sync::watch;
 use zeroize::Zeroizing;
@@ -169,8 +170,14 @@ pub struct ClientAdmission {
 }
 
 impl GatewayService {
-    /// Opens the gateway's state (see the module docs); `spawner` starts its tasks.
-    pub async fn open(options: GatewayOptions, spawner: Spawner) -> Result<Self, StartError> {
+    /// Opens the gateway's state (see the module docs), its core split by relay into
+    /// `partitions` (`hypergate_core::partition`: one for the tokio driver, one per shard for
+    /// glommio); `spawner` starts its tasks.
+    pub async fn open(
+        options: GatewayOptions,
+        partitions: Partitioning,
+        spawner: Spawner,
+    ) -> Result<Self, StartError> {
         let io = |what: String| move |source| StartError::Io { what, source };
         std::fs::create_dir_all(&options.data_dir)
             .map_err(io(format!("creating {}", options.data_dir.display())))?;
@@ -200,7 +207,7 @@ impl GatewayService {
         let clock = SystemClock;
         // Relays, workers and pending writes survive a restart: resume from the last snapshot.
         let snapshot_path = options.data_dir.join("registry.snapshot");
-        let mut core = match std::fs::read(&snapshot_path) {
+        let snapshot = match std::fs::read(&snapshot_path) {
             Ok(bytes) => {
                 let registry =
                     Registry::restore_bytes(&bytes).map_err(|error| StartError::Snapshot {
@@ -208,17 +215,22 @@ impl GatewayService {
                         detail: error.to_string(),
                     })?;
                 tracing::info!(relays = registry.len(), "registry restored");
-                Gateway::with_registry(options.core, registry, clock.now(), clock.unix_now())
+                registry.snapshot()
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Gateway::new(options.core, clock.now(), clock.unix_now())
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Registry::new().snapshot(),
             Err(e) => return Err(io(format!("reading {}", snapshot_path.display()))(e)),
         };
+        let mut cores =
+            open_partitions(partitions, options.core, snapshot, &clock).map_err(|error| {
+                StartError::Snapshot {
+                    path: snapshot_path.clone(),
+                    detail: error.to_string(),
+                }
+            })?;
         // Mirrors kept from the last run serve their relays until a worker returns.
         for record in mirror.cores() {
             // A removed writer counts only up to its final length.
-            core.handle_mirror_found_at_start(
+            cores[partitions.of_relay(&record.relay)].handle_mirror_found_at_start(
                 record.relay,
                 record.core_key.0,
                 record.local_length,
@@ -232,7 +244,8 @@ impl GatewayService {
                 detail: error.to_string(),
             })?;
         let shared = Shared::new(
-            core,
+            partitions,
+            cores,
             options.identity,
             mirror,
             options.data_dir.join("replica-index"),
@@ -376,19 +389,36 @@ impl GatewayService {
         .await;
     }
 
-    /// The core's timers and the registry persister, until shutdown; run it once.
+    /// How the core's state is partitioned.
+    #[must_use]
+    pub fn partitioning(&self) -> Partitioning {
+        self.shared.partitioning()
+    }
+
+    /// Every partition's timers and the registry persister, until shutdown; run it once (a
+    /// driver that runs each partition's timer where the partition is owned runs
+    /// [`GatewayService::run_timers_of`] and [`GatewayService::run_persister`] instead).
     pub async fn run_background(&self) {
-        futures_util::future::join(
-            run_timer(Arc::clone(&self.shared), self.shutdown_signal()),
-            run_persister(Arc::clone(&self.shared), self.shutdown_signal()),
-        )
-        .await;
+        let timers =
+            (0..self.shared.partitioning().count()).map(|partition| self.run_timers_of(partition));
+        futures_util::future::join(futures_util::future::join_all(timers), self.run_persister())
+            .await;
+    }
+
+    /// Fires `partition`'s core deadlines until shutdown; run once per partition.
+    pub async fn run_timers_of(&self, partition: usize) {
+        run_timer(Arc::clone(&self.shared), partition, self.shutdown_signal()).await;
+    }
+
+    /// Persists the registry after it changed, and once more at shutdown; run it once.
+    pub async fn run_persister(&self) {
+        run_persister(Arc::clone(&self.shared), self.shutdown_signal()).await;
     }
 
     /// Ends every lease (their keys are wiped) and tells everything to stop.
     pub fn shutdown(&self) {
         self.shared
-            .with_core(|state, now| state.core.handle_shutdown(now));
+            .with_every(|state, now| state.core.handle_shutdown(now));
         self.shared.vault.wipe_all();
         let _ = self.shutdown.send(true);
     }
@@ -410,22 +440,47 @@ async fn run_persister(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
     }
 }
 
-/// Fires the core's deadlines: sleeps until `poll_timeout`, re-armed after every input.
-async fn run_timer(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+/// Fires `partition`'s deadlines: sleeps until its `poll_timeout`, re-armed after every input.
+async fn run_timer(shared: Arc<Shared>, partition: usize, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let deadline = shared.read_core(|state| state.core.poll_timeout());
+        let (deadline, rearm) = shared.next_deadline(partition);
         let sleep = async {
             match deadline {
-                Some((at, _reason)) => crate::rt::sleep_until(at).await,
+                Some(at) => crate::rt::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
             () = sleep => {
-                shared.with_core(|state, now| state.core.handle_timeout(now));
+                shared.with_partition(partition, |state, now| state.core.handle_timeout(now));
             }
-            () = shared.timer.notified() => {}
+            () = rearm.notified() => {}
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// One core per partition, each resuming its part of the registry `snapshot` (which any
+/// earlier partition count may have written).
+fn open_partitions(
+    partitioning: Partitioning,
+    config: GatewayConfig,
+    snapshot: RegistrySnapshot,
+    clock: &SystemClock,
+) -> Result<Vec<Gateway>, hypergate_core::registry::RegistryError> {
+    partitioning
+        .split_snapshot(snapshot)
+        .into_iter()
+        .zip(partitioning.partitions())
+        .map(|(part, partition)| {
+            let registry = Registry::restore(part)?;
+            Ok(Gateway::in_partition(
+                config,
+                registry,
+                partition,
+                clock.now(),
+                clock.unix_now(),
+            ))
+        })
+        .collect()
 }

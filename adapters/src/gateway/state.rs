@@ -1,24 +1,32 @@
-//! The gateway's shared state and the one place the core is driven.
+//! The gateway's shared state and the places the core is driven.
 //!
 //! Contract:
-//! - The core [`Gateway`] sits behind a synchronous mutex and is only touched through
-//!   [`Shared::with_core`]: the closure feeds one input, then the same lock drains every
-//!   transmit (into the peers' bounded outbound queues, in order) and every event (routed to
-//!   client sessions, pending writes and background tasks) until the core is quiet, and the
-//!   timer task is woken to re-arm from `poll_timeout`. No `.await` happens under the lock.
+//! - The core's state is split by relay into partitions (`hypergate_core::partition`): one
+//!   core [`Gateway`] per partition, each behind its own synchronous mutex, touched only
+//!   through [`Shared::with_partition`] and the helpers that pick the partition for a relay
+//!   ([`Shared::with_relay`]) or for all of them ([`Shared::with_every`]). The closure feeds
+//!   one input, then the same lock drains every transmit (into the peers' bounded outbound
+//!   queues, in order) and every event (routed to client sessions, pending writes and
+//!   background tasks) until that core is quiet, and the partition's timer task is woken to
+//!   re-arm from `poll_timeout`. No `.await` happens under a lock. The tokio driver has one
+//!   partition; the glommio driver one per shard, whose timer runs on that shard.
+//! - Lock order: partition locks one at a time, or all in index order
+//!   ([`Shared::read_every`]); the link table's lock is the innermost and is never held
+//!   while a partition lock is taken.
 //! - Router attempts are answered inside the same drain: a worker is worth trying when its
 //!   peer link is up; a frame it cannot serve comes back as a "session ended" frame, which
 //!   the session reports as a forward failure.
 //! - Each link's outbound frames wait in a [`LinkQueue`]: client frames in their session's
 //!   flow (a refusal is that client's `rate-limited:` answer, never the link's end), the
 //!   core's frames in the control flow, whose own room client frames never take. A peer
-//!   whose control flow is full anyway is treated as a dead link (the core hears it is
-//!   down), the peer link's backpressure contract.
+//!   whose control flow is full anyway is treated as a dead link (every partition hears it
+//!   is down), the peer link's backpressure contract.
 //! - Escrow calls, lease-end cleanup and replica refreshes are spawned, never awaited in the
-//!   drain; they come back with their own `with_core` input.
+//!   drain; they come back with their own input to the relay's partition.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -30,8 +38,10 @@ use crate::peer_link::{CloseCode, PeerLink};
 use crate::rt::{self, Spawner};
 use hypergate_core::fair_queue::{Flow, Refused};
 use hypergate_core::gateway::{Gateway, GatewayEvent, WriteId};
-use hypergate_core::ids::PeerId;
+use hypergate_core::ids::{PeerId, RelayKey};
 use hypergate_core::lease::LeaseEvent;
+use hypergate_core::partition::{self, Partitioning, Route};
+use hypergate_core::registry::RelayRecord;
 use hypergate_core::router::{RouterEvent, SessionId};
 use hypergate_core::time::UnixTime;
 use hypergate_core::wire::{Frame, Message};
@@ -76,28 +86,40 @@ pub(crate) enum WriteDecision {
     ReadOnly(String),
 }
 
-/// Everything under the core lock.
+/// Everything under one partition's lock.
 pub(crate) struct CoreState {
     pub(crate) core: Gateway,
-    /// Outbound frame queues of the peers whose links are up.
-    pub(crate) outbound: BTreeMap<PeerId, Arc<LinkQueue>>,
-    /// The links themselves, for requests that wait for an answer (forwarded HTTP).
-    pub(crate) links: BTreeMap<PeerId, PeerLink>,
-    /// Client sessions, by the router's id.
+    /// The partition's client sessions, by the router's id.
     pub(crate) sessions: BTreeMap<SessionId, flume::Sender<SessionSignal>>,
     /// Writes waiting for a lease request's answer.
     pub(crate) waiting_writes: BTreeMap<WriteId, oneshot::Sender<WriteDecision>>,
     next_write: u64,
-    /// Starts background tasks (link closes) from inside the drain.
-    spawner: Spawner,
-    /// Inputs fed to the core so far ([`Shared::with_core`] calls): a snapshot read when this
-    /// is `n` covers every change of the first `n`.
-    inputs: u64,
+}
+
+/// The peers whose links are up, under the innermost lock (see the module docs).
+#[derive(Default)]
+pub(crate) struct LinkTable {
+    /// Outbound frame queues.
+    pub(crate) outbound: BTreeMap<PeerId, Arc<LinkQueue>>,
+    /// The links themselves, for requests that wait for an answer (forwarded HTTP).
+    pub(crate) links: BTreeMap<PeerId, PeerLink>,
+}
+
+/// One partition of the core and the wake-up of its timer task.
+struct CorePartition {
+    state: Mutex<CoreState>,
+    /// Wakes the partition's timer task after an input (its deadline may have moved).
+    timer: Notify,
 }
 
 /// The gateway's shared state. See the module docs.
 pub(crate) struct Shared {
-    core: Mutex<CoreState>,
+    partitioning: Partitioning,
+    partitions: Box<[CorePartition]>,
+    links: Mutex<LinkTable>,
+    /// Inputs fed to the partitions so far, each counted once it is applied: a snapshot of
+    /// the partitions read after this was `n` covers every change of the first `n`.
+    inputs: AtomicU64,
     pub(crate) identity: Identity,
     pub(crate) clock: SystemClock,
     /// Starts background tasks on the driver's runtime.
@@ -113,8 +135,6 @@ pub(crate) struct Shared {
     pub(crate) drives: tokio::sync::Mutex<GatewayDrives>,
     /// Client tokens of the write routes.
     pub(crate) tokens: TokenKeys,
-    /// Wakes the timer task after an input (its deadline may have moved).
-    pub(crate) timer: Notify,
     /// Where the registry snapshot is persisted.
     pub(crate) snapshot_path: PathBuf,
     /// Serialises snapshot writes, so a later snapshot is never overwritten by an earlier one;
@@ -127,7 +147,8 @@ pub(crate) struct Shared {
 impl Shared {
     #[allow(clippy::too_many_arguments)] // one constructor, called once by `start`
     pub(crate) fn new(
-        core: Gateway,
+        partitioning: Partitioning,
+        cores: Vec<Gateway>,
         identity: Identity,
         mirror: MirrorStore,
         replica_index_dir: PathBuf,
@@ -146,17 +167,24 @@ impl Shared {
             Arc::clone(&writers),
             spawner.clone(),
         );
+        debug_assert_eq!(cores.len(), partitioning.count(), "one core per partition");
+        let partitions = cores
+            .into_iter()
+            .map(|core| CorePartition {
+                state: Mutex::new(CoreState {
+                    core,
+                    sessions: BTreeMap::new(),
+                    waiting_writes: BTreeMap::new(),
+                    next_write: 1,
+                }),
+                timer: Notify::new(),
+            })
+            .collect();
         Arc::new(Shared {
-            core: Mutex::new(CoreState {
-                core,
-                outbound: BTreeMap::new(),
-                links: BTreeMap::new(),
-                sessions: BTreeMap::new(),
-                waiting_writes: BTreeMap::new(),
-                next_write: 1,
-                spawner: spawner.clone(),
-                inputs: 0,
-            }),
+            partitioning,
+            partitions,
+            links: Mutex::new(LinkTable::default()),
+            inputs: AtomicU64::new(0),
             identity,
             clock: SystemClock,
             spawner,
@@ -168,7 +196,6 @@ impl Shared {
             metrics,
             drives: tokio::sync::Mutex::new(drives),
             tokens,
-            timer: Notify::new(),
             snapshot_path,
             persist_lock: tokio::sync::Mutex::new(0),
             registry_changed: Notify::new(),
@@ -190,52 +217,167 @@ impl Shared {
         self.clock.unix_now()
     }
 
-    fn lock(&self) -> MutexGuard<'_, CoreState> {
-        // A panic under the lock is a bug; the state it left is still the best there is.
-        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    /// How the core is partitioned.
+    pub(crate) fn partitioning(&self) -> Partitioning {
+        self.partitioning
     }
 
-    /// Feeds one input to the core, then drains its outputs. See the module docs.
-    pub(crate) fn with_core<R>(
+    fn lock(&self, partition: usize) -> MutexGuard<'_, CoreState> {
+        // A panic under the lock is a bug; the state it left is still the best there is.
+        self.partitions[partition]
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The peers whose links are up (the innermost lock: take no partition lock under it).
+    pub(crate) fn links(&self) -> MutexGuard<'_, LinkTable> {
+        self.links.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Feeds one input to `partition`'s core, then drains its outputs. See the module docs.
+    pub(crate) fn with_partition<R>(
         self: &Arc<Self>,
+        partition: usize,
         input: impl FnOnce(&mut CoreState, Instant) -> R,
     ) -> R {
         let now = self.clock.now();
-        let mut state = self.lock();
-        state.inputs += 1;
+        let mut state = self.lock(partition);
         let result = input(&mut state, now);
         self.drain(&mut state, now);
+        // Counted once applied, still under the lock: see `inputs`.
+        self.inputs.fetch_add(1, Ordering::SeqCst);
         drop(state);
-        self.timer.notify_one();
+        self.partitions[partition].timer.notify_one();
         result
+    }
+
+    /// Feeds one input to the core of the partition that owns `relay`.
+    pub(crate) fn with_relay<R>(
+        self: &Arc<Self>,
+        relay: RelayKey,
+        input: impl FnOnce(&mut CoreState, Instant) -> R,
+    ) -> R {
+        self.with_partition(self.partitioning.of_relay(&relay), input)
+    }
+
+    /// Feeds the same input to every partition's core, one after the other.
+    pub(crate) fn with_every(self: &Arc<Self>, mut input: impl FnMut(&mut CoreState, Instant)) {
+        for partition in 0..self.partitions.len() {
+            self.with_partition(partition, &mut input);
+        }
+    }
+
+    /// Reads `partition`'s core without feeding it.
+    pub(crate) fn read_partition<R>(
+        &self,
+        partition: usize,
+        read: impl FnOnce(&CoreState) -> R,
+    ) -> R {
+        read(&self.lock(partition))
+    }
+
+    /// Reads the core of the partition that owns `relay`.
+    pub(crate) fn read_relay<R>(&self, relay: &RelayKey, read: impl FnOnce(&CoreState) -> R) -> R {
+        self.read_partition(self.partitioning.of_relay(relay), read)
+    }
+
+    /// Reads every partition at once (locked in index order), for views across relays.
+    pub(crate) fn read_every<R>(&self, read: impl FnOnce(&[&CoreState]) -> R) -> R {
+        let guards: Vec<MutexGuard<'_, CoreState>> =
+            (0..self.partitions.len()).map(|p| self.lock(p)).collect();
+        let states: Vec<&CoreState> = guards.iter().map(|guard| &**guard).collect();
+        read(&states)
+    }
+
+    /// The relay a URL names (64-hex key or a registered identifier). An identifier claimed
+    /// in two partitions resolves to the relay registered first, as within one registry.
+    pub(crate) fn resolve(&self, name: &str) -> Option<RelayKey> {
+        // A registered key names its relay before any identifier does (as in one registry),
+        // and only its own partition can hold it.
+        if let Ok(relay) = name.parse::<RelayKey>()
+            && self.read_relay(&relay, |state| {
+                state.core.registry().relay(&relay).is_some()
+            })
+        {
+            return Some(relay);
+        }
+        (0..self.partitions.len())
+            .filter_map(|partition| {
+                self.read_partition(partition, |state| {
+                    let registry = state.core.registry();
+                    let relay = registry.resolve(name)?;
+                    Some((registry.relay(&relay)?.registered_at, relay))
+                })
+            })
+            .min()
+            .map(|(_, relay)| relay)
+    }
+
+    /// Feeds a frame from `peer` to the partitions it concerns (`Partitioning::route`); a
+    /// registration is answered once, with the partitions' acks merged.
+    pub(crate) fn handle_peer_frame(self: &Arc<Self>, peer: PeerId, frame: Frame) {
+        match self.partitioning.route(&frame) {
+            Route::One(partition) => self.with_partition(partition, |state, now| {
+                state.core.handle_frame(peer, frame, now);
+            }),
+            Route::Every => self.with_every(|state, now| {
+                state.core.handle_frame(peer, frame.clone(), now);
+            }),
+            Route::Registration => {
+                let Message::RegisterRelays(register) = &frame.message else {
+                    return;
+                };
+                let mut acks = Vec::with_capacity(self.partitions.len());
+                self.with_every(|state, now| {
+                    acks.push(state.core.handle_registration(peer, register, now));
+                });
+                let ack = Frame::new(
+                    frame.request_id,
+                    Message::RegisterAck(partition::merge_register_acks(acks)),
+                );
+                self.send_to_peer(peer, ack);
+            }
+        }
     }
 
     /// Writes the registry snapshot (relays, workers, pending writes, lease epochs) and syncs
     /// it: callers that report a gateway write as accepted call this first, so a crash never
     /// forgets a pending write. Atomic: a temp file, fsync, rename, fsync of the directory.
+    /// One snapshot holds every partition's relays, so a restart may partition differently.
     ///
     /// Group commit: a snapshot read after every core input this caller made covers them, so
     /// a caller that finds such a snapshot already durable (another writer's, taken while it
     /// waited for the lock) returns at once. Concurrent writers then share one snapshot write
     /// instead of queueing one each.
     pub(crate) async fn persist_registry(&self) -> std::io::Result<()> {
-        let wanted = self.read_core(|state| state.inputs);
+        let wanted = self.inputs.load(Ordering::SeqCst);
         let mut durable = self.persist_lock.lock().await;
         if *durable >= wanted {
             return Ok(());
         }
-        let (bytes, covers) =
-            self.read_core(|state| (state.core.registry().snapshot_bytes(), state.inputs));
-        let bytes = bytes.map_err(std::io::Error::other)?;
+        // Read before the partitions: every input counted here is in what they show.
+        let covers = self.inputs.load(Ordering::SeqCst);
+        let parts: Vec<_> = (0..self.partitions.len())
+            .map(|p| self.read_partition(p, |state| state.core.registry().snapshot()))
+            .collect();
+        let bytes = partition::merge_snapshots(parts)
+            .to_bytes()
+            .map_err(std::io::Error::other)?;
         let path = self.snapshot_path.clone();
         rt::unblock(move || write_atomically(&path, &bytes)).await?;
         *durable = covers;
         Ok(())
     }
 
-    /// Reads the core without feeding it.
-    pub(crate) fn read_core<R>(&self, read: impl FnOnce(&CoreState) -> R) -> R {
-        read(&self.lock())
+    /// When `partition`'s core next needs its `handle_timeout`, and the wake-up of the
+    /// partition's timer task.
+    pub(crate) fn next_deadline(&self, partition: usize) -> (Option<Instant>, &Notify) {
+        let deadline = self.read_partition(partition, |state| state.core.poll_timeout());
+        (
+            deadline.map(|(at, _reason)| at),
+            &self.partitions[partition].timer,
+        )
     }
 
     /// A fresh id for a client write.
@@ -250,7 +392,7 @@ impl Shared {
             let mut moved = false;
             while let Some(transmit) = state.core.poll_transmit() {
                 moved = true;
-                Self::send_to_peer(state, transmit.peer, transmit.frame, now);
+                self.send_to_peer(transmit.peer, transmit.frame);
             }
             while let Some(event) = state.core.poll_event() {
                 moved = true;
@@ -265,12 +407,14 @@ impl Shared {
     /// Queues `session`'s `frame` for `peer` in the session's own flow, without ever taking
     /// the link down: a refusal refuses this frame only; no queue means no link.
     pub(crate) fn forward_to_peer(
-        state: &CoreState,
+        &self,
         peer: PeerId,
         session: SessionId,
         frame: Frame,
     ) -> Forwarded {
-        match state.outbound.get(&peer) {
+        // The queue has its own lock: the link table's is held only to find it.
+        let queue = self.links().outbound.get(&peer).cloned();
+        match queue {
             None => Forwarded::NoLink,
             Some(queue) => match queue.push(Flow::Client(session), frame) {
                 Ok(()) => Forwarded::Queued,
@@ -282,12 +426,12 @@ impl Shared {
     /// Tells `peer` that `session` left it (`ended` is the "session ended" frame); what the
     /// session still had queued there is dropped. Whether the peer has a link.
     pub(crate) fn end_session_on_peer(
-        state: &CoreState,
+        &self,
         peer: PeerId,
         session: SessionId,
         ended: Frame,
     ) -> bool {
-        let Some(queue) = state.outbound.get(&peer) else {
+        let Some(queue) = self.links().outbound.get(&peer).cloned() else {
             return false;
         };
         let dropped = queue.end_session(session, ended);
@@ -302,23 +446,33 @@ impl Shared {
     }
 
     /// Queues the core's `frame` for `peer` in the link's control flow; a full control flow
-    /// takes the link down.
-    pub(crate) fn send_to_peer(state: &mut CoreState, peer: PeerId, frame: Frame, now: Instant) {
-        let Some(queue) = state.outbound.get(&peer) else {
+    /// takes the link down, and every partition hears so from a task (the caller may hold
+    /// a partition's lock).
+    pub(crate) fn send_to_peer(self: &Arc<Self>, peer: PeerId, frame: Frame) {
+        let mut links = self.links();
+        let Some(queue) = links.outbound.get(&peer) else {
             return;
         };
-        if let Err(refused) = queue.push(Flow::Control, frame) {
-            tracing::warn!(peer = %peer.short(), %refused, "peer link outbound queue full: dropping the link");
-            state.outbound.remove(&peer);
-            if let Some(link) = state.links.remove(&peer) {
-                state.spawner.spawn(async move {
-                    let _ = link
-                        .close(CloseCode::GOING_AWAY, "outbound queue full")
-                        .await;
-                });
+        let Err(refused) = queue.push(Flow::Control, frame) else {
+            return;
+        };
+        tracing::warn!(peer = %peer.short(), %refused, "peer link outbound queue full: dropping the link");
+        links.outbound.remove(&peer);
+        let link = links.links.remove(&peer);
+        drop(links);
+        let shared = Arc::clone(self);
+        self.spawner.spawn(async move {
+            if let Some(link) = link {
+                let _ = link
+                    .close(CloseCode::GOING_AWAY, "outbound queue full")
+                    .await;
             }
-            state.core.handle_link_down(peer, now);
-        }
+            // Unless the worker linked again meanwhile (its new link is up).
+            if shared.links().outbound.contains_key(&peer) {
+                return;
+            }
+            shared.with_every(|state, now| state.core.handle_link_down(peer, now));
+        });
     }
 
     fn signal(state: &mut CoreState, session: SessionId, signal: SessionSignal) {
@@ -402,7 +556,7 @@ impl Shared {
                 peer,
                 ..
             } => {
-                let up = state.outbound.contains_key(&peer);
+                let up = self.links().outbound.contains_key(&peer);
                 let reason = if up { "link-up" } else { "no-link" };
                 if let Err(error) = state
                     .core
@@ -450,6 +604,24 @@ impl Shared {
             }
         }
     }
+}
+
+/// Every partition's relay records in key order (the order one registry lists them in), each
+/// with its partition's state.
+pub(crate) fn relays_in_key_order<'a>(
+    cores: &[&'a CoreState],
+) -> Vec<(&'a CoreState, &'a RelayRecord)> {
+    let mut records: Vec<_> = cores
+        .iter()
+        .flat_map(|core| {
+            core.core
+                .registry()
+                .relays()
+                .map(move |record| (*core, record))
+        })
+        .collect();
+    records.sort_by_key(|(_, record)| record.relay_key);
+    records
 }
 
 /// Replaces `path` with `bytes` so a crash leaves the old or the new file, never a mix.

@@ -185,7 +185,7 @@ impl RelayWrites {
             return stored; // the gateway is shutting down
         };
         let relay = self.relay;
-        shared.with_core(|state, now| {
+        shared.with_relay(relay, |state, now| {
             for (job, write) in run.iter().zip(&mut stored) {
                 if !appended(write) {
                     continue;

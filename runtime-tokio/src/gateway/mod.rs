@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
 use hypergate_adapters::gateway::GatewayService;
 use hypergate_core::ids::PeerId;
+use hypergate_core::partition::Partitioning;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
@@ -115,7 +116,7 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<GatewayHandle> {
     let http_listen = options.http_listen;
     let peer_listen = options.peer_listen;
     let service = Arc::new(
-        GatewayService::open(options, crate::tokio_spawner())
+        GatewayService::open(options, Partitioning::single(), crate::tokio_spawner())
             .await
             .context("opening the gateway")?,
     );
