@@ -308,11 +308,14 @@ async fn run_session<St: Stream<Item = FromClient> + Unpin>(
     let ending = match ending {
         Some(ending) => ending,
         None => loop {
+            // The handlers are boxed: they reach the replica host's log reads, whose futures
+            // run to ~10 KiB, and unboxed that size would be part of every session's future,
+            // idle or not; boxed it is allocated only while a frame is handled (D132).
             let step = tokio::select! {
                 incoming = stream.next() => match incoming {
                     Some(FromClient::Text(text)) => {
                         if budget.admit(shared.clock_now()) {
-                            client.on_client_text(text).await
+                            Box::pin(client.on_client_text(text)).await
                         } else {
                             shared.metrics.client_frame_refused(RATE_LIMIT);
                             client.refuse_rate_limited(&text)
@@ -324,7 +327,7 @@ async fn run_session<St: Stream<Item = FromClient> + Unpin>(
                     Some(FromClient::Control) => Ok(()),
                     Some(FromClient::Closed) | None => Err(Ending::Closed),
                 },
-                Some(signal) = signals.next() => client.on_signal(signal).await,
+                Some(signal) = signals.next() => Box::pin(client.on_signal(signal)).await,
                 Some((subscription, subscriber, message)) = next_live(&mut client.live),
                     if client.live.is_some() =>
                 {
@@ -334,7 +337,7 @@ async fn run_session<St: Stream<Item = FromClient> + Unpin>(
                     if done.counted {
                         client.counted_in_flight -= 1;
                     }
-                    client.on_write_done(done.event, done.result).await
+                    Box::pin(client.on_write_done(done.event, done.result)).await
                 }
                 _ = shutdown.changed() => Err(Ending::Closed),
             };
@@ -345,7 +348,7 @@ async fn run_session<St: Stream<Item = FromClient> + Unpin>(
     };
 
     client.settle_unfinished_writes();
-    client.leave_mode().await;
+    Box::pin(client.leave_mode()).await;
     let out_close = client.out.clone();
     shared.with_relay(relay, |state, now| {
         state.sessions.remove(&session);
