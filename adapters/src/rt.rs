@@ -98,6 +98,36 @@ pub async fn timeout<F: Future>(limit: Duration, future: F) -> Result<F::Output,
     .await
 }
 
+/// How long a listener's bind keeps trying while its address is still in use
+/// ([`bind_patiently`]).
+pub const BIND_PATIENCE: Duration = Duration::from_secs(3);
+
+/// The pause between two tries of [`bind_patiently`].
+const BIND_RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+/// Binds a listener with `bind`, trying again for up to `patience` while the address is in
+/// use. A gateway restarted right after being killed can find its ports still held: the
+/// kernel releases a killed glommio process's sockets only when its io_uring is torn down,
+/// a few milliseconds after the process is gone, and a listener without `SO_REUSEPORT` (the
+/// tokio gateway's, the peer-link listener) cannot bind beside one that still listens. Any
+/// other error, or an address still in use after `patience`, is returned as it is.
+pub async fn bind_patiently<T>(
+    mut bind: impl FnMut() -> std::io::Result<T>,
+    patience: Duration,
+) -> std::io::Result<T> {
+    let deadline = Instant::now() + patience;
+    loop {
+        match bind() {
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+            {
+                sleep(BIND_RETRY_PAUSE).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Runs blocking `work` (file syncs, renames) on a thread pool, off the executor.
 pub async fn unblock<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     blocking::unblock(work).await
@@ -110,6 +140,32 @@ mod tests {
 
     fn smol_spawner() -> Spawner {
         Spawner::new(|task| smol::spawn(task).detach())
+    }
+
+    #[test]
+    fn a_bind_waits_for_an_address_still_in_use_and_gives_up_after_its_patience() {
+        smol::block_on(async {
+            let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = held.local_addr().unwrap();
+            // Released while the bind is waiting: the bind then succeeds.
+            let release = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                drop(held);
+            });
+            let bound = bind_patiently(|| std::net::TcpListener::bind(addr), BIND_PATIENCE).await;
+            release.join().unwrap();
+            assert_eq!(bound.unwrap().local_addr().unwrap(), addr);
+            // Never released: the error comes back once the patience is spent.
+            let _held = std::net::TcpListener::bind(addr).unwrap();
+            let started = Instant::now();
+            let refused = bind_patiently(
+                || std::net::TcpListener::bind(addr),
+                Duration::from_millis(80),
+            )
+            .await;
+            assert_eq!(refused.unwrap_err().kind(), std::io::ErrorKind::AddrInUse);
+            assert!(started.elapsed() >= Duration::from_millis(80));
+        });
     }
 
     #[test]

@@ -43,7 +43,7 @@ use hyper::{Request, Response, StatusCode};
 use hypergate_adapters::gateway::{
     FromClient, GatewayOptions, GatewayService, ToClient, websocket_relay_name,
 };
-use hypergate_adapters::rt::{Spawner, Task};
+use hypergate_adapters::rt::{self, Spawner, Task};
 use hypergate_core::ids::PeerId;
 use hypergate_core::partition::Partitioning;
 use tungstenite::Message;
@@ -247,14 +247,6 @@ fn start_shard_zero(
     bound: &std::sync::mpsc::Sender<Result<SocketAddr, String>>,
     background_done: &std::sync::mpsc::Sender<()>,
 ) {
-    let listener = match crate::listener::bind(listen, PortSharing::Exclusive) {
-        Ok(listener) => listener,
-        Err(error) => {
-            let _ = bound.send(Err(error.to_string()));
-            return;
-        }
-    };
-    let _ = bound.send(listener.local_addr().map_err(|error| error.to_string()));
     let background = Arc::clone(service);
     let done = background_done.clone();
     glommio::spawn_local(async move {
@@ -263,7 +255,20 @@ fn start_shard_zero(
     })
     .detach();
     let service = Arc::clone(service);
-    glommio::spawn_local(async move { accept_links(service, listener).await }).detach();
+    let bound = bound.clone();
+    glommio::spawn_local(async move {
+        let bind = || crate::listener::bind(listen, PortSharing::Exclusive);
+        let listener = match rt::bind_patiently(bind, rt::BIND_PATIENCE).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                let _ = bound.send(Err(error.to_string()));
+                return;
+            }
+        };
+        let _ = bound.send(listener.local_addr().map_err(|error| error.to_string()));
+        accept_links(service, listener).await;
+    })
+    .detach();
 }
 
 /// Accepts worker links until the gateway shuts down (or shard 0 stops).

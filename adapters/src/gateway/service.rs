@@ -4,10 +4,13 @@
 //! Contract:
 //! - [`GatewayService::open`] creates the data directory, opens the mirror, restores the
 //!   registry snapshot (an unreadable snapshot stops the start, naming the file: pending
-//!   writes recorded in it must not be silently forgotten), replays the mirror inventory
-//!   into the core, and opens the drives. It binds nothing and starts no task.
-//! - The driver then runs [`GatewayService::run_background`] once (the core's timers and the
-//!   registry persister), serves HTTP with [`GatewayService::routes`] plus its own handling
+//!   writes recorded in it must not be silently forgotten) into the core's partitions (one
+//!   per relay partition, whatever partition count wrote the snapshot), replays the mirror
+//!   inventory into them, and opens the drives. It binds nothing and starts no task.
+//! - The driver then runs [`GatewayService::run_background`] once (every partition's timers
+//!   and the registry persister; a thread-per-core driver runs each partition's
+//!   [`GatewayService::run_timers_of`] on its own shard and [`GatewayService::run_persister`]
+//!   once instead), serves HTTP with [`GatewayService::routes`] plus its own handling
 //!   of the relay URLs ([`GatewayService::admit_websocket`],
 //!   [`GatewayService::serve_client`], [`GatewayService::relay_page`]), and hands every
 //!   worker link it accepts to [`GatewayService::serve_link`].

@@ -173,7 +173,9 @@ where
             .name(&format!("hypergate-shard-{shard}"))
             .io_memory(io_memory)
             .spawn(move || async move {
-                let listener = match crate::listener::bind(addr, PortSharing::Shared) {
+                let bind = || crate::listener::bind(addr, PortSharing::Shared);
+                let patience = hypergate_adapters::rt::BIND_PATIENCE;
+                let listener = match hypergate_adapters::rt::bind_patiently(bind, patience).await {
                     Ok(listener) => listener,
                     Err(error) => {
                         let _ = bound_tx.send(Err(error.to_string()));

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
 use hypergate_adapters::gateway::GatewayService;
+use hypergate_adapters::rt;
 use hypergate_core::ids::PeerId;
 use hypergate_core::partition::Partitioning;
 use tokio::net::TcpListener;
@@ -111,6 +112,15 @@ pub async fn start_on(
     }
 }
 
+/// A listener on `addr` (std's bind sets `SO_REUSEADDR`), waiting a moment for a port a
+/// killed gateway has not released yet (`rt::bind_patiently`).
+async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener =
+        rt::bind_patiently(|| std::net::TcpListener::bind(addr), rt::BIND_PATIENCE).await?;
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
+}
+
 /// Starts a gateway: opens its state, binds both listeners and spawns the tasks.
 pub async fn start(options: GatewayOptions) -> anyhow::Result<GatewayHandle> {
     let http_listen = options.http_listen;
@@ -120,10 +130,10 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<GatewayHandle> {
             .await
             .context("opening the gateway")?,
     );
-    let peer_listener = TcpListener::bind(peer_listen)
+    let peer_listener = bind(peer_listen)
         .await
         .with_context(|| format!("binding the peer-link listener {peer_listen}"))?;
-    let http_listener = TcpListener::bind(http_listen)
+    let http_listener = bind(http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener {http_listen}"))?;
     let peer_addr = peer_listener.local_addr()?;
