@@ -354,20 +354,18 @@ impl Gateway {
             Message::Heartbeat(beat) => {
                 self.health.handle_heartbeat(peer, now);
                 // Every partition hears a heartbeat; one answers it.
-                if !self.partition.answers_peers() {
-                    self.pump(now);
-                    return;
+                if self.partition.answers_peers() {
+                    self.transmits.push_back(Transmit {
+                        peer,
+                        frame: Frame {
+                            request_id,
+                            message: Message::HeartbeatAck(Heartbeat {
+                                seq: beat.seq,
+                                sent_at: self.unix_time(now),
+                            }),
+                        },
+                    });
                 }
-                self.transmits.push_back(Transmit {
-                    peer,
-                    frame: Frame {
-                        request_id,
-                        message: Message::HeartbeatAck(Heartbeat {
-                            seq: beat.seq,
-                            sent_at: self.unix_time(now),
-                        }),
-                    },
-                });
             }
             Message::RegisterRelays(register) => {
                 let ack = self.register(peer, &register, now);

@@ -291,7 +291,8 @@ impl Shared {
     }
 
     /// The relay a URL names (64-hex key or a registered identifier). An identifier claimed
-    /// in two partitions resolves to the relay registered first, as within one registry.
+    /// in two partitions (which neither refuses, each seeing only its own relays) resolves to
+    /// the relay registered first, ties broken by key.
     pub(crate) fn resolve(&self, name: &str) -> Option<RelayKey> {
         // A registered key names its relay before any identifier does (as in one registry),
         // and only its own partition can hold it.
